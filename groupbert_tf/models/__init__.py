@@ -1,0 +1,4 @@
+"""Keras models: the encoder backbone and the task models that wrap it."""
+
+from groupbert_tf.models.encoder import GroupBertEncoder
+from groupbert_tf.models.pretrainer import GroupBertPretrainer

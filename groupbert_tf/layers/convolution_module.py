@@ -1,0 +1,85 @@
+"""GroupBERT's convolution module: GLU, masked grouped 1-D convolution, LayerNorm, Swish, dense."""
+
+import keras
+from keras import ops
+
+from groupbert_tf.layers.initializers import truncated_normal
+
+
+def grouped_conv1d(inputs, kernel, groups):
+    """'Same'-padded, stride-1 grouped 1-D convolution as one einsum.
+
+    `kernel` has Keras' `Conv1D(groups=...)` layout [K, C/groups, C]. The K zero-padded
+    shifted views of the sequence are stacked and contracted in a single
+    `einsum('bskgi,kigo->bsgo')`. Measured on 2 CPU cores under XLA (GroupBERT-mini shapes,
+    benchmarks/grouped_conv.py), this beats a sum of K per-tap einsums and is 30-60x faster
+    than `Conv1D(groups)`, whose kernel gradient is a slow path on CPU.
+    """
+    kernel_size, group_in, channels = kernel.shape
+    sequence_length = ops.shape(inputs)[1]
+    pad = (kernel_size - 1) // 2
+    padded = ops.pad(inputs, ((0, 0), (pad, kernel_size - 1 - pad), (0, 0)))
+    taps = ops.stack([padded[:, k:k + sequence_length] for k in range(kernel_size)], axis=2)
+    taps = ops.reshape(taps, (*ops.shape(taps)[:3], groups, group_in))
+    grouped_kernel = ops.reshape(kernel, (kernel_size, group_in, groups, channels // groups))
+    outputs = ops.einsum("bskgi,kigo->bsgo", taps, grouped_kernel)
+    return ops.reshape(outputs, ops.shape(inputs))
+
+
+@keras.saving.register_keras_serializable(package="groupbert_tf")
+class ConvolutionModule(keras.layers.Layer):
+    """GLU -> padding mask -> grouped conv (no bias) -> LayerNorm -> Swish -> dense.
+
+    Multiplying by the padding mask before the convolution keeps padded positions from
+    leaking into real tokens through the kernel's receptive field. No dropout inside.
+    """
+
+    def __init__(self, hidden_size, kernel_size=7, group_size=16, layer_norm_epsilon=1e-3,
+                 initializer_range=0.02, **kwargs):
+        super().__init__(**kwargs)
+        self.hidden_size = hidden_size
+        self.kernel_size = kernel_size
+        self.group_size = group_size
+        self.layer_norm_epsilon = layer_norm_epsilon
+        self.initializer_range = initializer_range
+
+    @property
+    def groups(self):
+        return self.hidden_size // self.group_size
+
+    def build(self, input_shape):
+        init = truncated_normal(self.initializer_range)
+        # One N->2N projection holds both GLU halves: [values | gates].
+        self.glu = keras.layers.Dense(2 * self.hidden_size, kernel_initializer=init, name="glu",
+                                      dtype=self.dtype_policy)
+        self.glu.build(input_shape)
+        self.conv_kernel = self.add_weight(
+            name="conv_kernel", shape=(self.kernel_size, self.group_size, self.hidden_size),
+            initializer="glorot_uniform")
+        self.conv_norm = keras.layers.LayerNormalization(
+            epsilon=self.layer_norm_epsilon, name="conv_norm", dtype="float32")
+        self.conv_norm.build(input_shape)
+        self.output_dense = keras.layers.Dense(self.hidden_size, kernel_initializer=init,
+                                               name="output", dtype=self.dtype_policy)
+        self.output_dense.build(input_shape)
+
+    def call(self, inputs, padding_mask):
+        values, gates = ops.split(self.glu(inputs), 2, axis=-1)
+        hidden = values * ops.sigmoid(gates)
+        hidden = hidden * ops.cast(padding_mask, hidden.dtype)[:, :, None]
+        hidden = grouped_conv1d(hidden, ops.cast(self.conv_kernel, hidden.dtype), self.groups)
+        hidden = ops.silu(self.conv_norm(hidden))
+        return self.output_dense(hidden)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "hidden_size": self.hidden_size,
+            "kernel_size": self.kernel_size,
+            "group_size": self.group_size,
+            "layer_norm_epsilon": self.layer_norm_epsilon,
+            "initializer_range": self.initializer_range,
+        }

@@ -1,0 +1,112 @@
+"""The backbone: embeddings, a stack of BERT or GroupBERT layers, final norm and pooler."""
+
+import keras
+from keras import ops
+
+from groupbert_tf.config import GroupBertConfig
+from groupbert_tf.layers.bert_layer import BertLayer
+from groupbert_tf.layers.embeddings import BertEmbeddings
+from groupbert_tf.layers.groupbert_layer import GroupBertLayer
+from groupbert_tf.layers.initializers import truncated_normal
+
+
+def as_config(config) -> GroupBertConfig:
+    """Accepts a GroupBertConfig, a preset name or a dict of fields."""
+    if isinstance(config, GroupBertConfig):
+        return config
+    if isinstance(config, str):
+        return GroupBertConfig.from_preset(config)
+    if isinstance(config, dict):
+        return GroupBertConfig.from_dict(config)
+    raise ValueError(f"config must be a GroupBertConfig, a preset name or a dict, got {config!r}")
+
+
+def make_layer(config: GroupBertConfig, index: int, dtype=None) -> keras.layers.Layer:
+    layer_class = GroupBertLayer if config.layer_structure == "groupbert" else BertLayer
+    return layer_class(
+        hidden_size=config.hidden_size,
+        num_heads=config.num_heads,
+        intermediate_size=config.intermediate_size,
+        ffn_groups=config.ffn_groups,
+        use_conv_module=config.use_conv_module,
+        conv_kernel_size=config.conv_kernel_size,
+        conv_group_size=config.conv_group_size,
+        norm_placement=config.norm_placement,
+        layer_norm_epsilon=config.layer_norm_epsilon,
+        gelu_approximate=config.gelu_form == "tanh",
+        hidden_dropout=config.hidden_dropout,
+        attention_dropout=config.attention_dropout,
+        initializer_range=config.initializer_range,
+        name=f"transformer_layer_{index}",
+        dtype=dtype,
+    )
+
+
+@keras.saving.register_keras_serializable(package="groupbert_tf")
+class GroupBertEncoder(keras.Model):
+    """GroupBERT or BERT encoder as a functional Keras model.
+
+    Inputs (dict): `token_ids`, `segment_ids`, `padding_mask` (int32 [batch, seq], mask 1 = real
+    token). Outputs (dict): `sequence_output` [batch, seq, hidden] and `pooled_output`
+    [batch, hidden] (dense + tanh on the [CLS] position). Pre-norm configs end with a final
+    LayerNorm that feeds both. Layer names are stable: `embeddings`, `transformer_layer_{i}`,
+    `final_layer_norm`, `pooler`.
+
+    `GroupBertEncoder("groupbert-base")` builds a preset.
+    """
+
+    def __init__(self, config, dtype=None, **kwargs):
+        config = as_config(config)
+        inputs = {
+            name: keras.Input(shape=(None,), dtype="int32", name=name)
+            for name in ("token_ids", "segment_ids", "padding_mask")
+        }
+        embeddings = BertEmbeddings(
+            vocab_size=config.vocab_size,
+            hidden_size=config.hidden_size,
+            max_position_embeddings=config.max_position_embeddings,
+            type_vocab_size=config.type_vocab_size,
+            layer_norm_epsilon=config.layer_norm_epsilon,
+            hidden_dropout=config.hidden_dropout,
+            initializer_range=config.initializer_range,
+            name="embeddings",
+            dtype=dtype,
+        )
+        hidden = embeddings(inputs["token_ids"], inputs["segment_ids"])
+        transformer_layers = [make_layer(config, i, dtype) for i in range(config.num_layers)]
+        for layer in transformer_layers:
+            hidden = layer(hidden, inputs["padding_mask"])
+        if config.norm_placement == "pre":
+            hidden = keras.layers.LayerNormalization(
+                epsilon=config.layer_norm_epsilon, name="final_layer_norm", dtype="float32")(hidden)
+        pooled = keras.layers.Dense(
+            config.hidden_size, activation="tanh",
+            kernel_initializer=truncated_normal(config.initializer_range),
+            name="pooler", dtype=dtype)(hidden[:, 0])
+        super().__init__(inputs=inputs,
+                         outputs={"sequence_output": hidden, "pooled_output": pooled},
+                         dtype=dtype, **kwargs)
+        self.config = config
+        self.embeddings = embeddings
+        self.transformer_layers = transformer_layers
+
+    @property
+    def word_embeddings(self):
+        """The [vocab, hidden] table the MLM decoder is tied to."""
+        return self.embeddings.word_embeddings.embeddings
+
+    def attention_probabilities(self, inputs):
+        """Per-layer attention probabilities [batch, heads, seq, seq] for analysis."""
+        hidden = self.embeddings(inputs["token_ids"], inputs["segment_ids"])
+        probabilities = []
+        for layer in self.transformer_layers:
+            hidden, probs = layer(hidden, inputs["padding_mask"], return_attention_probs=True)
+            probabilities.append(probs)
+        return probabilities
+
+    def get_config(self):
+        return {"config": self.config.to_dict(), "name": self.name}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)

@@ -1,0 +1,97 @@
+"""GroupBERT pre-training model: encoder + tied MLM head + NSP head; loss = MLM + NSP."""
+
+import keras
+from keras import ops
+
+from groupbert_tf.layers.initializers import truncated_normal
+from groupbert_tf.layers.masked_lm_head import MaskedLMHead
+from groupbert_tf.models.encoder import GroupBertEncoder, as_config
+
+ENCODER_INPUTS = ("token_ids", "segment_ids", "padding_mask")
+
+
+@keras.saving.register_keras_serializable(package="groupbert_tf")
+class GroupBertPretrainer(keras.Model):
+    """Masked-LM and next-sentence-prediction pre-training.
+
+    Inputs: `token_ids`, `segment_ids`, `padding_mask` [B, S] and `masked_lm_positions` [B, P].
+    Labels: `masked_lm_ids` [B, P], `masked_lm_weights` [B, P] (0 on unused slots),
+    `next_sentence_labels` [B] (0 = IsNext, 1 = NotNext, as Google's BERT data).
+
+    Each loss term is a sum divided by a count (`loss_sums`, `loss_counts`). A distributed
+    train step divides the per-replica sums by the global counts, so N replicas compute exactly
+    the loss and gradients of one replica on the whole batch.
+    """
+
+    def __init__(self, config=None, encoder=None, dtype=None, **kwargs):
+        super().__init__(dtype=dtype, **kwargs)
+        self.encoder = encoder if encoder is not None else GroupBertEncoder(config, dtype=dtype)
+        self.config = self.encoder.config
+        self.mlm_head = MaskedLMHead(
+            self.encoder.embeddings.word_embeddings,
+            layer_norm_epsilon=self.config.layer_norm_epsilon,
+            gelu_approximate=self.config.gelu_form == "tanh",
+            initializer_range=self.config.initializer_range,
+            name="mlm_head", dtype=dtype)
+        self.nsp_head = keras.layers.Dense(
+            2, kernel_initializer=truncated_normal(self.config.initializer_range),
+            name="nsp_head", dtype=dtype)
+        self.mlm_head.build((None, None, self.config.hidden_size))
+        self.nsp_head.build((None, self.config.hidden_size))
+        self.mlm_loss_tracker = keras.metrics.Mean(name="mlm_loss")
+        self.nsp_loss_tracker = keras.metrics.Mean(name="nsp_loss")
+        self.mlm_accuracy = keras.metrics.SparseCategoricalAccuracy(name="mlm_accuracy")
+        self.nsp_accuracy = keras.metrics.SparseCategoricalAccuracy(name="nsp_accuracy")
+
+    def call(self, inputs, training=None):
+        encoded = self.encoder({name: inputs[name] for name in ENCODER_INPUTS}, training=training)
+        return {
+            "mlm_logits": self.mlm_head(encoded["sequence_output"], inputs["masked_lm_positions"]),
+            "nsp_logits": ops.cast(self.nsp_head(encoded["pooled_output"]), "float32"),
+        }
+
+    def loss_counts(self, y):
+        """How many items each loss term averages over (local to this replica)."""
+        return {
+            "mlm": ops.sum(ops.cast(y["masked_lm_weights"], "float32")),
+            "nsp": ops.cast(ops.shape(y["next_sentence_labels"])[0], "float32"),
+        }
+
+    def loss_sums(self, y, y_pred):
+        weights = ops.cast(y["masked_lm_weights"], "float32")
+        mlm = keras.losses.sparse_categorical_crossentropy(
+            y["masked_lm_ids"], y_pred["mlm_logits"], from_logits=True)
+        nsp = keras.losses.sparse_categorical_crossentropy(
+            y["next_sentence_labels"], y_pred["nsp_logits"], from_logits=True)
+        return {"mlm": ops.sum(mlm * weights), "nsp": ops.sum(nsp)}
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True,
+                     counts=None):
+        counts = self.loss_counts(y) if counts is None else counts
+        sums = self.loss_sums(y, y_pred)
+        # max(count, 1): a batch whose slots are all padding contributes zero, not NaN.
+        return sum(sums[name] / ops.maximum(counts[name], 1.0) for name in sums)
+
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        counts = self.loss_counts(y)
+        sums = self.loss_sums(y, y_pred)
+        self.mlm_loss_tracker.update_state(sums["mlm"] / ops.maximum(counts["mlm"], 1.0),
+                                           sample_weight=counts["mlm"])
+        self.nsp_loss_tracker.update_state(sums["nsp"] / counts["nsp"],
+                                           sample_weight=counts["nsp"])
+        self.mlm_accuracy.update_state(y["masked_lm_ids"], y_pred["mlm_logits"],
+                                       sample_weight=y["masked_lm_weights"])
+        self.nsp_accuracy.update_state(y["next_sentence_labels"], y_pred["nsp_logits"])
+        return self.get_metrics_result()
+
+    @property
+    def metrics(self):
+        return [*super().metrics, self.mlm_loss_tracker, self.nsp_loss_tracker,
+                self.mlm_accuracy, self.nsp_accuracy]
+
+    def get_config(self):
+        return {"config": self.config.to_dict(), "name": self.name}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(config=as_config(config["config"]), name=config.get("name"))

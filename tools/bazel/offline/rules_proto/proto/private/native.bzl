@@ -1,0 +1,3 @@
+"""Bazel's built-in ProtoInfo, under a name defs.bzl can re-export."""
+
+NativeProtoInfo = ProtoInfo
