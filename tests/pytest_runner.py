@@ -5,7 +5,7 @@ the workspace root there). It maps Bazel's test protocol onto pytest:
   XML_OUTPUT_FILE                                  -> --junitxml (Bazel's test.xml)
   TESTBRIDGE_TEST_ONLY (`--test_filter=EXPR`)      -> -k EXPR
   TEST_TOTAL_SHARDS / TEST_SHARD_INDEX (shard_count) -> round-robin split of the tests
-and keeps pytest from writing into the (read-only) runfiles tree.
+and keeps pytest from writing into the (read-only) runfiles tree; HOME is the test's tmpdir.
 """
 
 import os
@@ -50,6 +50,9 @@ def main(argv=None):
         return 2
     # Don't drop __pycache__ into the runfiles tree (read-only in the sandbox).
     sys.dont_write_bytecode = True
+    # Bazel leaves HOME unset; Keras/TF caches (~/.keras) then go to the test's own tmpdir.
+    if "TEST_TMPDIR" in os.environ and not os.environ.get("HOME"):
+        os.environ["HOME"] = os.environ["TEST_TMPDIR"]
     plugins = []
     total = int(os.environ.get("TEST_TOTAL_SHARDS", "0") or 0)
     if total > 1:

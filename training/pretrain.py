@@ -1,0 +1,152 @@
+"""`python -m training.pretrain`: MLM + NSP pre-training with `model.fit`, then a SavedModel.
+
+Defaults are the README's `make pretrain`: GroupBERT-mini on the built-in Wikipedia corpus,
+seq 128, sized to finish in about ten minutes on 2 CPU cores (docs/pretraining.md).
+Flag precedence: command line > `--overrides` JSON file > defaults.
+"""
+
+import dataclasses
+import json
+import os
+import sys
+
+import keras
+from absl import app, flags, logging
+
+from groupbert_tf import export
+from groupbert_tf.config import PRESETS, GroupBertConfig
+from training import data, pretraining_data, tfrecord, trainer
+from training import strategy as strategy_lib
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("config", "groupbert-mini", "Preset name or a GroupBertConfig JSON file.")
+flags.DEFINE_string("overrides", None,
+                    "JSON file of overrides: GroupBertConfig fields and/or flag names.")
+flags.DEFINE_string("model_dir", "runs/pretrain",
+                    "Checkpoints and TensorBoard logs; a run resumes from the checkpoint here.")
+flags.DEFINE_string("init_checkpoint", None,
+                    "Load weights only (not optimizer state or step) from this checkpoint.")
+flags.DEFINE_list("corpus", None,
+                  "Text files, one document per blank-line-separated block "
+                  "(default: the Wikipedia extracts of `python -m training.data fetch`).")
+flags.DEFINE_string("vocab", None, "WordPiece vocab file (default: bert-base-uncased).")
+flags.DEFINE_list("tfrecords", None,
+                  "Pre-made BERT pre-training TFRecords (Google/NVIDIA/Graphcore format) "
+                  "instead of --corpus.")
+flags.DEFINE_integer("train_steps", 600, "Optimizer steps.")
+flags.DEFINE_integer("batch_size", 32, "Global batch size (split across replicas).")
+flags.DEFINE_integer("seq_length", 128, "Sequence length.")
+flags.DEFINE_integer("max_predictions_per_seq", 20, "Static number of MLM predictions.")
+flags.DEFINE_enum("optimizer", "lamb", ["lamb", "adamw"], "Optimizer.")
+flags.DEFINE_float("learning_rate", 5e-3, "Peak learning rate.")
+flags.DEFINE_integer("warmup_steps", 60, "Warmup steps.")
+flags.DEFINE_float("warmup_power", 0.5, "Warmup shape: 1 = linear, 0.5 = square root.")
+flags.DEFINE_float("weight_decay", 0.01, "Weight decay (not on biases and LayerNorm).")
+flags.DEFINE_integer("gradient_accumulation_steps", 1, "Batches per optimizer step.")
+flags.DEFINE_integer("steps_per_execution", 1, "Batches per tf.function call.")
+flags.DEFINE_integer("checkpoint_every", 100, "Save a checkpoint every N steps.")
+flags.DEFINE_integer("log_every", 50, "Throughput log interval in steps.")
+flags.DEFINE_bool("mixed_precision", False, "mixed_bfloat16 (LayerNorm and softmax in float32).")
+flags.DEFINE_bool("xla", True, "XLA-compile the forward and backward pass.")
+flags.DEFINE_integer("seed", 0, "Seed for data and initialisation.")
+flags.DEFINE_float("validation_fraction", 0.01, "Share of documents held out for validation.")
+flags.DEFINE_string("export_dir", "saved_models/groupbert-mini",
+                    "SavedModel export (TF Serving layout <dir>/<version>); empty: no export.")
+flags.DEFINE_integer("verbose", 1, "Keras progress: 1 = progress bar, 2 = one line per epoch.")
+strategy_lib.define_flags()
+
+
+def apply_overrides(path):
+    """Reads `--overrides`; returns the GroupBertConfig fields and sets the named flags."""
+    try:
+        with open(path) as f:
+            values = json.load(f)
+    except (OSError, json.JSONDecodeError) as error:
+        raise ValueError(f"--overrides {path}: {error}") from error
+    config_fields = {f.name for f in dataclasses.fields(GroupBertConfig)}
+    config_overrides = {}
+    for key, value in values.items():
+        if key in config_fields:
+            config_overrides[key] = value
+        elif key in FLAGS and key not in ("config", "overrides"):
+            if not FLAGS[key].present:  # The command line wins.
+                FLAGS[key].value = value
+        else:
+            raise ValueError(f"--overrides {path}: unknown key {key!r} (neither a "
+                             "GroupBertConfig field nor a flag)")
+    return config_overrides
+
+
+def load_config(name_or_path, overrides):
+    if name_or_path in PRESETS:
+        return GroupBertConfig.from_preset(name_or_path, **overrides)
+    try:
+        with open(name_or_path) as f:
+            text = f.read()
+    except OSError as error:
+        raise ValueError(f"--config {name_or_path!r} is neither a preset ({sorted(PRESETS)}) nor "
+                         f"a readable JSON file: {error}") from error
+    return GroupBertConfig.from_json(text).replace(**overrides)
+
+
+def main(argv):
+    del argv
+    config_overrides = apply_overrides(FLAGS.overrides) if FLAGS.overrides else {}
+    # The strategy must exist before TensorFlow creates any tensor.
+    strategy, _ = strategy_lib.strategy_from_flags()
+
+    config = load_config(FLAGS.config, config_overrides)
+    logging.info("Model config:\n%s", config.to_json())
+    strategy_lib.per_replica_batch_size(FLAGS.batch_size, strategy.num_replicas_in_sync,
+                                        "batch_size")
+    vocab = FLAGS.vocab or data.default_vocab_path()
+    dataset_args = dict(seq_length=FLAGS.seq_length,
+                        max_predictions_per_seq=FLAGS.max_predictions_per_seq,
+                        validation_fraction=FLAGS.validation_fraction)
+    validation = None
+    if FLAGS.tfrecords:
+        def train_dataset_fn(start_step):
+            return tfrecord.read_dataset(FLAGS.tfrecords, FLAGS.seq_length,
+                                         FLAGS.max_predictions_per_seq, FLAGS.batch_size,
+                                         seed=FLAGS.seed + start_step)
+    else:
+        corpus = FLAGS.corpus or [data.default_corpus_path()]
+
+        def train_dataset_fn(start_step):
+            return pretraining_data.pretraining_dataset(
+                corpus, vocab, FLAGS.batch_size, split="train", seed=FLAGS.seed + start_step,
+                **dataset_args)
+
+        if FLAGS.validation_fraction > 0:
+            validation = pretraining_data.pretraining_dataset(
+                corpus, vocab, FLAGS.batch_size, split="validation", seed=FLAGS.seed,
+                **dataset_args)
+
+    settings = trainer.TrainingSettings(
+        model_dir=FLAGS.model_dir, train_steps=FLAGS.train_steps,
+        global_batch_size=FLAGS.batch_size, seq_length=FLAGS.seq_length,
+        max_predictions_per_seq=FLAGS.max_predictions_per_seq, optimizer=FLAGS.optimizer,
+        learning_rate=FLAGS.learning_rate, warmup_steps=FLAGS.warmup_steps,
+        warmup_power=FLAGS.warmup_power, weight_decay=FLAGS.weight_decay,
+        gradient_accumulation_steps=FLAGS.gradient_accumulation_steps,
+        steps_per_execution=FLAGS.steps_per_execution, checkpoint_every=FLAGS.checkpoint_every,
+        log_every=FLAGS.log_every, init_checkpoint=FLAGS.init_checkpoint,
+        mixed_precision=FLAGS.mixed_precision, jit_compile=FLAGS.xla, verbose=FLAGS.verbose)
+    keras.utils.set_random_seed(FLAGS.seed)
+    model, throughput, results = trainer.pretrain(config, settings, strategy, train_dataset_fn,
+                                                  validation)
+    summary = {"step": int(model.optimizer.iterations.numpy()), "model_dir": FLAGS.model_dir}
+    if throughput.history:
+        summary.update(throughput.history[-1])
+    if results:
+        summary.update({f"validation_{k}": float(v) for k, v in results.items()})
+    if FLAGS.export_dir and strategy.extended.should_checkpoint:
+        summary["export"] = export.export_pretraining_model(model, vocab, FLAGS.export_dir,
+                                                            seq_length=FLAGS.seq_length)
+    with open(os.path.join(FLAGS.model_dir, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    logging.info("Summary: %s", json.dumps(summary))
+
+
+if __name__ == "__main__":
+    app.run(main, argv=sys.argv)

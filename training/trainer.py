@@ -1,0 +1,125 @@
+"""`model.fit` pre-training: model and optimizer in the strategy's scope, resume, callbacks."""
+
+import dataclasses
+import os
+from typing import Optional
+
+import keras
+import tensorflow as tf
+from absl import logging
+
+from groupbert_tf import flops
+from groupbert_tf.config import GroupBertConfig
+from groupbert_tf.models.pretrainer import GroupBertPretrainer
+from training import callbacks as training_callbacks
+from training.optimization import WarmupPolynomialDecay, create_optimizer
+from training.train_step import XlaGradientsTrainStep
+
+
+@keras.saving.register_keras_serializable(package="groupbert_tf")
+class PretrainingModel(XlaGradientsTrainStep, GroupBertPretrainer):
+    """GroupBertPretrainer with the TensorFlow distributed XLA train step."""
+
+
+@dataclasses.dataclass
+class TrainingSettings:
+    """What a pre-training run does (the CLI flags, minus data and strategy)."""
+
+    model_dir: str
+    train_steps: int
+    global_batch_size: int
+    seq_length: int
+    max_predictions_per_seq: int
+    optimizer: str = "lamb"
+    learning_rate: float = 0.012
+    warmup_steps: int = 100
+    warmup_power: float = 0.5
+    weight_decay: float = 0.01
+    gradient_accumulation_steps: int = 1
+    steps_per_execution: int = 1
+    checkpoint_every: int = 100
+    log_every: int = 50
+    init_checkpoint: Optional[str] = None
+    mixed_precision: bool = False
+    jit_compile: bool = True
+    verbose: int = 1
+
+
+def build_model(config: GroupBertConfig, settings: TrainingSettings) -> PretrainingModel:
+    """Creates and compiles the model; call inside `strategy.scope()`."""
+    model = PretrainingModel(config=config)
+    schedule = WarmupPolynomialDecay(
+        settings.learning_rate, settings.warmup_steps, settings.train_steps,
+        warmup_power=settings.warmup_power)
+    optimizer = create_optimizer(settings.optimizer, schedule, weight_decay=settings.weight_decay,
+                                 gradient_accumulation_steps=settings.gradient_accumulation_steps)
+    model.compile(optimizer=optimizer, jit_compile=settings.jit_compile,
+                  steps_per_execution=settings.steps_per_execution)
+    optimizer.build(model.trainable_variables)
+    return model
+
+
+def restore_or_initialize(model, model_dir, init_checkpoint=None):
+    """Resumes the full state from `model_dir`, else loads weights from `init_checkpoint`.
+
+    Returns (checkpoint manager, a sentence saying which happened).
+    """
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
+    manager = tf.train.CheckpointManager(checkpoint, os.path.join(model_dir, "checkpoints"),
+                                         max_to_keep=3)
+    if manager.latest_checkpoint:
+        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        return manager, (f"Resumed training state from {manager.latest_checkpoint} at step "
+                         f"{int(model.optimizer.iterations.numpy())}")
+    if init_checkpoint:
+        path = (tf.train.latest_checkpoint(os.path.join(init_checkpoint, "checkpoints"))
+                or tf.train.latest_checkpoint(init_checkpoint) or init_checkpoint)
+        if not tf.io.gfile.exists(path + ".index"):
+            raise FileNotFoundError(f"--init_checkpoint {init_checkpoint}: no checkpoint found")
+        tf.train.Checkpoint(model=model).restore(path).expect_partial()
+        return manager, f"Initialised weights only from {path} (optimizer state and step are new)"
+    return manager, "Started from random initialisation"
+
+
+def pretrain(config, settings: TrainingSettings, strategy, train_dataset_fn,
+             validation_dataset=None):
+    """Runs (or resumes) pre-training and returns (model, throughput, validation metrics).
+
+    `train_dataset_fn(start_step)` returns the training dataset of global batches (Keras
+    distributes it over the replicas); it is told the optimizer step so a resumed run does
+    not replay the data the killed run already saw. `settings.train_steps` counts optimizer
+    updates; with gradient accumulation each takes several batches.
+    """
+    if settings.mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    with strategy.scope():
+        model = build_model(config, settings)
+        manager, how = restore_or_initialize(model, settings.model_dir, settings.init_checkpoint)
+    logging.info("%s.", how)
+    start_step = int(model.optimizer.iterations.numpy())
+    if start_step >= settings.train_steps:
+        logging.info("Already at step %d of %d: nothing to train.", start_step,
+                     settings.train_steps)
+    throughput = training_callbacks.Throughput(
+        settings.global_batch_size, settings.seq_length,
+        flops.training_flops(config, settings.seq_length, settings.max_predictions_per_seq),
+        every_steps=max(settings.log_every // settings.steps_per_execution, 1))
+    callbacks = [
+        training_callbacks.StepCheckpoint(manager, settings.checkpoint_every),
+        throughput,
+        keras.callbacks.TensorBoard(os.path.join(settings.model_dir, "tensorboard"),
+                                    update_freq=settings.log_every),
+    ]
+    if start_step < settings.train_steps:
+        # One epoch of exactly the remaining batches: step counts stay exact across resumes.
+        batches = (settings.train_steps - start_step) * settings.gradient_accumulation_steps
+        dataset = train_dataset_fn(start_step)
+        model.fit(dataset, epochs=1, steps_per_epoch=batches, callbacks=callbacks,
+                  verbose=settings.verbose)
+        throughput.report()
+    results = None
+    if validation_dataset is not None:
+        results = model.evaluate(validation_dataset, return_dict=True, verbose=0)
+        logging.info("Validation: MLM loss %.4f, MLM accuracy %.4f, NSP accuracy %.4f",
+                     results["mlm_loss"], results["mlm_accuracy"], results["nsp_accuracy"])
+    return model, throughput, results
