@@ -30,3 +30,19 @@ pretrain: $(STAMP) data
 
 clean:
 	rm -rf $(VENV) data runs saved_models/*/
+
+# Bazel 4 (Debian's bazel-bootstrap, installed here if missing), fully offline: see WORKSPACE,
+# .bazelrc and tools/bazel/. `make bazel-test BAZEL_TARGETS=//tests/...` runs every test file.
+BAZEL ?= bazel
+BAZEL_TARGETS ?= //tests:test_bazel_smoke $(if $(wildcard tests/test_config.py),//tests:test_config)
+BAZEL_FLAGS ?=
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+bazel-test: $(STAMP) data
+	@command -v $(BAZEL) >/dev/null 2>&1 || { \
+	  echo "Installing Debian's bazel-bootstrap (Bazel 4)..."; \
+	  $(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bazel-bootstrap; }
+	@# Always stop the server afterwards, pass or fail, so no JVM lingers.
+	status=0; $(BAZEL) test $(BAZEL_FLAGS) $(BAZEL_TARGETS) || status=$$?; \
+	  $(BAZEL) shutdown; exit $$status

@@ -2,3 +2,4 @@
 
 from groupbert_tf.config import PRESETS, GroupBertConfig
 from groupbert_tf.models import GroupBertEncoder, GroupBertPretrainer
+from groupbert_tf.models import GroupBertClassifier, GroupBertSpanLabeler

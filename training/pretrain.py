@@ -13,7 +13,7 @@ import sys
 import keras
 from absl import app, flags, logging
 
-from groupbert_tf import export
+from groupbert_tf import export  # noqa: F401  (written next)
 from groupbert_tf.config import PRESETS, GroupBertConfig
 from training import data, pretraining_data, tfrecord, trainer
 from training import strategy as strategy_lib

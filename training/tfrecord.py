@@ -29,118 +29,129 @@ _NAMES = {
 
 
 def _flatten(features, labels):
-  return {**features, **labels}
+    return {**features, **labels}
 
 
 def write_examples(path, features, labels):
-  """Writes a batch-major (features, labels) pair of arrays to a TFRecord.
+    """Writes a batch-major (features, labels) pair of arrays to a TFRecord.
 
-  Args:
-    path: output file, written atomically (temp file then rename).
-    features, labels: dicts in the `training.masking` format, numpy or eager
-      tensors with a leading example axis.
+    Args:
+      path: output file, written atomically (temp file then rename).
+      features, labels: dicts in the `training.masking` format, numpy or eager
+        tensors with a leading example axis.
 
-  Returns:
-    The number of examples written.
-  """
-  flat = {k: np.asarray(v) for k, v in _flatten(features, labels).items()}
-  missing = sorted(set(_NAMES) - set(flat))
-  if missing:
-    raise ValueError(f"Cannot write {path}: missing features {missing}")
-  n = len(flat["token_ids"])
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with tf.io.TFRecordWriter(tmp) as writer:
-    for i in range(n):
-      feature = {}
-      for ours, theirs in _NAMES.items():
-        value = np.reshape(flat[ours][i], [-1])
-        if ours == "masked_lm_weights":
-          feature[theirs] = tf.train.Feature(
-              float_list=tf.train.FloatList(value=value.astype(np.float32)))
-        else:
-          feature[theirs] = tf.train.Feature(
-              int64_list=tf.train.Int64List(value=value.astype(np.int64)))
-      writer.write(tf.train.Example(
-          features=tf.train.Features(feature=feature)).SerializeToString())
-  os.replace(tmp, path)
-  return n
+    Returns:
+      The number of examples written.
+    """
+    flat = {k: np.asarray(v) for k, v in _flatten(features, labels).items()}
+    missing = sorted(set(_NAMES) - set(flat))
+    if missing:
+        raise ValueError(f"Cannot write {path}: missing features {missing}")
+    n = len(flat["token_ids"])
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with tf.io.TFRecordWriter(tmp) as writer:
+        for i in range(n):
+            feature = {}
+            for ours, theirs in _NAMES.items():
+                value = np.reshape(flat[ours][i], [-1])
+                if ours == "masked_lm_weights":
+                    feature[theirs] = tf.train.Feature(
+                        float_list=tf.train.FloatList(value=value.astype(np.float32))
+                    )
+                else:
+                    feature[theirs] = tf.train.Feature(
+                        int64_list=tf.train.Int64List(value=value.astype(np.int64))
+                    )
+            writer.write(
+                tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+            )
+    os.replace(tmp, path)
+    return n
 
 
 def _feature_spec(seq_length, max_predictions_per_seq):
-  s, p = seq_length, max_predictions_per_seq
-  return {
-      "input_ids": tf.io.FixedLenFeature([s], tf.int64),
-      "input_mask": tf.io.FixedLenFeature([s], tf.int64),
-      "segment_ids": tf.io.FixedLenFeature([s], tf.int64),
-      "masked_lm_positions": tf.io.FixedLenFeature([p], tf.int64),
-      "masked_lm_ids": tf.io.FixedLenFeature([p], tf.int64),
-      "masked_lm_weights": tf.io.FixedLenFeature([p], tf.float32),
-      "next_sentence_labels": tf.io.FixedLenFeature([1], tf.int64),
-  }
+    s, p = seq_length, max_predictions_per_seq
+    return {
+        "input_ids": tf.io.FixedLenFeature([s], tf.int64),
+        "input_mask": tf.io.FixedLenFeature([s], tf.int64),
+        "segment_ids": tf.io.FixedLenFeature([s], tf.int64),
+        "masked_lm_positions": tf.io.FixedLenFeature([p], tf.int64),
+        "masked_lm_ids": tf.io.FixedLenFeature([p], tf.int64),
+        "masked_lm_weights": tf.io.FixedLenFeature([p], tf.float32),
+        "next_sentence_labels": tf.io.FixedLenFeature([1], tf.int64),
+    }
 
 
 def _decode(serialized, spec):
-  parsed = tf.io.parse_single_example(serialized, spec)
-  out = {}
-  for ours, theirs in _NAMES.items():
-    value = parsed[theirs]
-    if ours == "next_sentence_labels":
-      value = value[0]
-    out[ours] = value if value.dtype == tf.float32 else tf.cast(value,
-                                                                 tf.int32)
-  return masking.split_features_labels(out)
+    parsed = tf.io.parse_single_example(serialized, spec)
+    out = {}
+    for ours, theirs in _NAMES.items():
+        value = parsed[theirs]
+        if ours == "next_sentence_labels":
+            value = value[0]
+        out[ours] = value if value.dtype == tf.float32 else tf.cast(value, tf.int32)
+    return masking.split_features_labels(out)
 
 
 def check_records(paths):
-  """Reads every record of each file once; names the first bad file.
+    """Reads every record of each file once; names the first bad file.
 
-  TFRecord corruption otherwise surfaces mid-training as a bare
-  `DataLossError`. Cost: one sequential read of the files.
-  """
-  for path in paths:
-    if not tf.io.gfile.exists(path):
-      raise FileNotFoundError(f"TFRecord file not found: {path}")
-    try:
-      for _ in tf.data.TFRecordDataset(path):
-        pass
-    except tf.errors.OpError as e:
-      raise ValueError(f"Corrupt TFRecord file {path}: {e.message}") from None
+    TFRecord corruption otherwise surfaces mid-training as a bare
+    `DataLossError`. Cost: one sequential read of the files.
+    """
+    for path in paths:
+        if not tf.io.gfile.exists(path):
+            raise FileNotFoundError(f"TFRecord file not found: {path}")
+        try:
+            for _ in tf.data.TFRecordDataset(path):
+                pass
+        except tf.errors.OpError as e:
+            raise ValueError(f"Corrupt TFRecord file {path}: {e.message}") from None
 
 
-def read_dataset(paths, seq_length, max_predictions_per_seq, batch_size=None,
-                 *, shuffle=False, repeat=False, seed=None, check=True,
-                 shuffle_buffer=10_000):
-  """A dataset of (features, labels) from BERT pre-training TFRecords.
+def read_dataset(
+    paths,
+    seq_length,
+    max_predictions_per_seq,
+    batch_size=None,
+    *,
+    shuffle=False,
+    repeat=False,
+    seed=None,
+    check=True,
+    shuffle_buffer=10_000,
+):
+    """A dataset of (features, labels) from BERT pre-training TFRecords.
 
-  Args:
-    paths: file path, glob pattern, or list of them.
-    seq_length, max_predictions_per_seq: the lengths the files were written
-      with (a mismatch fails on the first record and names the feature).
-    batch_size: if set, batches with `drop_remainder=True`.
-    shuffle, repeat, seed, shuffle_buffer: file order and example shuffling.
-    check: read the files once upfront so corruption names the file.
-  """
-  patterns = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
-  files = []
-  for pattern in patterns:
-    matched = sorted(tf.io.gfile.glob(str(pattern)))
-    if not matched:
-      raise FileNotFoundError(f"No TFRecord file matches {pattern}")
-    files.extend(matched)
-  if check:
-    check_records(files)
-  spec = _feature_spec(seq_length, max_predictions_per_seq)
-  ds = tf.data.Dataset.from_tensor_slices(files)
-  if shuffle:
-    ds = ds.shuffle(len(files), seed=seed)
-  ds = ds.interleave(tf.data.TFRecordDataset,
-                     num_parallel_calls=tf.data.AUTOTUNE,
-                     deterministic=not shuffle)
-  if shuffle:
-    ds = ds.shuffle(shuffle_buffer, seed=seed)
-  if repeat:
-    ds = ds.repeat()
-  ds = ds.map(lambda x: _decode(x, spec), num_parallel_calls=tf.data.AUTOTUNE)
-  if batch_size:
-    ds = ds.batch(batch_size, drop_remainder=True)
-  return ds.prefetch(tf.data.AUTOTUNE)
+    Args:
+      paths: file path, glob pattern, or list of them.
+      seq_length, max_predictions_per_seq: the lengths the files were written
+        with (a mismatch fails on the first record and names the feature).
+      batch_size: if set, batches with `drop_remainder=True`.
+      shuffle, repeat, seed, shuffle_buffer: file order and example shuffling.
+      check: read the files once upfront so corruption names the file.
+    """
+    patterns = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+    files = []
+    for pattern in patterns:
+        matched = sorted(tf.io.gfile.glob(str(pattern)))
+        if not matched:
+            raise FileNotFoundError(f"No TFRecord file matches {pattern}")
+        files.extend(matched)
+    if check:
+        check_records(files)
+    spec = _feature_spec(seq_length, max_predictions_per_seq)
+    ds = tf.data.Dataset.from_tensor_slices(files)
+    if shuffle:
+        ds = ds.shuffle(len(files), seed=seed)
+    ds = ds.interleave(
+        tf.data.TFRecordDataset, num_parallel_calls=tf.data.AUTOTUNE, deterministic=not shuffle
+    )
+    if shuffle:
+        ds = ds.shuffle(shuffle_buffer, seed=seed)
+    if repeat:
+        ds = ds.repeat()
+    ds = ds.map(lambda x: _decode(x, spec), num_parallel_calls=tf.data.AUTOTUNE)
+    if batch_size:
+        ds = ds.batch(batch_size, drop_remainder=True)
+    return ds.prefetch(tf.data.AUTOTUNE)

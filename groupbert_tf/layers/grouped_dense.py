@@ -38,9 +38,12 @@ class GroupedDense(keras.layers.Layer):
                      if self.use_bias else None)
 
     def call(self, inputs):
-        grouped = ops.reshape(inputs, (*ops.shape(inputs)[:-1], self.groups, -1))
-        outputs = ops.einsum("...gi,gio->...go", grouped, self.kernel)
-        outputs = ops.reshape(outputs, (*ops.shape(inputs)[:-1], self.units))
+        # Flatten the leading axes: an einsum with '...' broadcasts the kernel over them on
+        # TensorFlow, which made a GroupBERT-tiny FFN step 15x slower under XLA.
+        leading = ops.shape(inputs)[:-1]
+        grouped = ops.reshape(inputs, (-1, self.groups, inputs.shape[-1] // self.groups))
+        outputs = ops.einsum("ngi,gio->ngo", grouped, self.kernel)
+        outputs = ops.reshape(outputs, (*leading, self.units))
         if self.bias is not None:
             outputs = outputs + self.bias
         return outputs

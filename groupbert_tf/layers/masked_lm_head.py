@@ -23,8 +23,9 @@ class MaskedLMHead(keras.layers.Layer):
         self.gelu_approximate = gelu_approximate
         self.initializer_range = initializer_range
 
-    def build(self, sequence_shape, positions_shape=None):
-        hidden_size = sequence_shape[-1]
+    def build(self, sequence_output_shape, masked_positions_shape=None):
+        # Argument names are `call()`'s plus `_shape`: Keras needs that to build on first call.
+        hidden_size = sequence_output_shape[-1]
         self.transform = keras.layers.Dense(
             hidden_size, kernel_initializer=truncated_normal(self.initializer_range),
             name="transform", dtype=self.dtype_policy)
@@ -32,9 +33,11 @@ class MaskedLMHead(keras.layers.Layer):
         self.layer_norm = keras.layers.LayerNormalization(
             epsilon=self.layer_norm_epsilon, name="layer_norm", dtype="float32")
         self.layer_norm.build((None, None, hidden_size))
+        # autocast=False: the bias is added to float32 logits; under mixed precision an
+        # autocast read would be bfloat16 and the add would fail.
         self.output_bias = self.add_weight(name="output_bias",
                                            shape=(self.token_embedding.input_dim,),
-                                           initializer="zeros")
+                                           initializer="zeros", autocast=False)
 
     def call(self, sequence_output, masked_positions):
         gathered = ops.take_along_axis(

@@ -1,6 +1,7 @@
 """Shared machinery of the BERT and GroupBERT layers: a sequence of residual modules."""
 
 import keras
+from keras import ops
 
 from groupbert_tf.layers.convolution_module import ConvolutionModule
 from groupbert_tf.layers.feed_forward import GroupedFeedForward
@@ -79,7 +80,10 @@ class TransformerLayer(keras.layers.Layer):
                 module_output = module(module_input, padding_mask)
             else:
                 module_output = module(module_input)
-            hidden = hidden + dropout(module_output, training=training)
+            # Post-norm leaves the residual stream in the float32 of its LayerNorm while the
+            # modules compute in the policy's dtype (bfloat16 under mixed precision): add in the
+            # residual stream's dtype instead of failing on a float32 + bfloat16 add.
+            hidden = hidden + ops.cast(dropout(module_output, training=training), hidden.dtype)
             if self.norm_placement == "post":
                 hidden = norm(hidden)
         return (hidden, attention_probs) if return_attention_probs else hidden

@@ -86,6 +86,10 @@ class GroupBertEncoder(keras.Model):
         super().__init__(inputs=inputs,
                          outputs={"sequence_output": hidden, "pooled_output": pooled},
                          dtype=dtype, **kwargs)
+        if dtype is not None:
+            # keras.Functional drops `dtype`: record the policy the layers were built with, so
+            # that `dtype_policy` and `get_config()` tell the truth.
+            self.dtype_policy = dtype
         self.config = config
         self.embeddings = embeddings
         self.transformer_layers = transformer_layers
@@ -105,8 +109,13 @@ class GroupBertEncoder(keras.Model):
         return probabilities
 
     def get_config(self):
-        return {"config": self.config.to_dict(), "name": self.name}
+        # The dtype policy is saved too, so a mixed-precision model reloads as one.
+        return {"config": self.config.to_dict(), "name": self.name,
+                "dtype": keras.dtype_policies.serialize(self.dtype_policy)}
 
     @classmethod
     def from_config(cls, config):
+        config = dict(config)
+        if config.get("dtype") is not None:
+            config["dtype"] = keras.dtype_policies.get(config["dtype"])
         return cls(**config)

@@ -90,8 +90,12 @@ class GroupBertPretrainer(keras.Model):
                 self.mlm_accuracy, self.nsp_accuracy]
 
     def get_config(self):
-        return {"config": self.config.to_dict(), "name": self.name}
+        # The dtype policy is saved too, so a mixed-precision model reloads as one.
+        return {"config": self.config.to_dict(), "name": self.name,
+                "dtype": keras.dtype_policies.serialize(self.dtype_policy)}
 
     @classmethod
     def from_config(cls, config):
-        return cls(config=as_config(config["config"]), name=config.get("name"))
+        dtype = config.get("dtype")
+        return cls(config=as_config(config["config"]), name=config.get("name"),
+                   dtype=keras.dtype_policies.get(dtype) if dtype is not None else None)

@@ -1,0 +1,374 @@
+"""SavedModel export for TF Serving: raw text in, named task outputs out (TensorFlow-specific).
+
+Layout: `<export_dir>/<version>/` (`saved_model.pb`, `variables/`, `assets/vocab.txt`), the
+layout TF Serving watches; a version is written under a temporary name and renamed into place,
+so a server never sees a half-written version.
+
+Signatures (see docs/serving.md):
+
+- `serve_text`: `text_a` tf.string [batch] -> task outputs plus the packed `token_ids`,
+  `segment_ids`, `padding_mask` [batch, seq_length].
+- `serve_text_pair`: `text_a`, `text_b` tf.string [batch] -> the same, packed as
+  `[CLS] a [SEP] b [SEP]` (BERT longest-first truncation).
+- `serving_default`: `serve_text` for the pretraining and classification tasks,
+  `serve_text_pair` for span (question, context).
+- `serve_token_ids`: int32 `token_ids`, `segment_ids`, `padding_mask` [batch, seq] (any seq up
+  to `max_position_embeddings`) -> task outputs.
+- `serve_examples`: `examples` tf.string [batch] of serialized `tf.Example`s with int64
+  features `input_ids`, `input_mask`, `segment_ids` of length `seq_length` (the names of the
+  BERT TFRecords that training/tfrecord.py reads) -> task outputs.
+
+The span task's text signatures also return `token_start_offsets` / `token_end_offsets`
+(int64 [batch, seq_length]): byte offsets [start, end) of each word piece in the text of its
+segment (`segment_ids` says which: 0 = text_a, 1 = text_b), -1 on [CLS], [SEP] and padding.
+
+Tokenization runs in the graph (tensorflow-text ops: load with `import tensorflow_text`). The
+serving functions are plain `tf.function`s (never `jit_compile`): TF Serving does not run
+functions marked for forced XLA compilation by default.
+"""
+
+import os
+import re
+import shutil
+import uuid
+
+import keras
+import tensorflow as tf
+import tensorflow_text as tf_text
+
+from groupbert_tf import tokenization
+
+ENCODER_INPUTS = ("token_ids", "segment_ids", "padding_mask")
+# The tf.Example feature names of each encoder input (Google BERT's TFRecord names).
+EXAMPLE_FEATURES = {"token_ids": "input_ids", "segment_ids": "segment_ids",
+                    "padding_mask": "input_mask"}
+
+# Outputs each task's model must return (extra outputs of the model are exported too).
+TASK_OUTPUTS = {
+    "pretraining": ("sequence_output", "pooled_output"),
+    "encoder": ("sequence_output", "pooled_output"),
+    "classification": ("logits", "probabilities"),
+    "span": ("start_logits", "end_logits"),
+}
+# The text signature `serving_default` points to.
+DEFAULT_TEXT_SIGNATURE = {
+    "pretraining": "serve_text",
+    "encoder": "serve_text",
+    "classification": "serve_text",
+    "span": "serve_text_pair",
+}
+SIGNATURES = ("serving_default", "serve_text", "serve_text_pair", "serve_token_ids",
+              "serve_examples")
+
+
+def next_version(export_dir):
+    """1 + the largest integer sub-folder of `export_dir` (1 when there is none)."""
+    if not tf.io.gfile.isdir(export_dir):
+        return 1
+    versions = [int(name.strip("/")) for name in tf.io.gfile.listdir(export_dir)
+                if re.fullmatch(r"\d+/?", name)]
+    return max(versions, default=0) + 1
+
+
+def _float32(tensor):
+    tensor = tf.convert_to_tensor(tensor)
+    return tf.cast(tensor, tf.float32) if tensor.dtype.is_floating else tensor
+
+
+class _Functions:
+    """A plain attribute bag; not trackable, so the SavedModel does not walk into it."""
+
+    def __init__(self, **functions):
+        self.__dict__.update(functions)
+
+
+class ServingModule(tf.__internal__.tracking.AutoTrackable):
+    """The exported object: a tokenizer, a task model and the serving `tf.function`s.
+
+    An AutoTrackable, not a tf.Module: saving walks every attribute, and tf.Module's
+    `variables` properties would flatten the whole object graph on each visit.
+
+    Args:
+      model: the trackable object that owns the variables (a Keras model).
+      vocab_path: WordPiece vocab file; copied into the SavedModel's assets.
+      task: a key of TASK_OUTPUTS.
+      seq_length: packed length of the text signatures (and of `serve_examples`).
+      max_length: the longest sequence `serve_token_ids` accepts (position embeddings).
+      outputs_fn: `outputs_fn(inputs) -> dict of tensors`; default `model(inputs,
+        training=False)`.
+      lower_case: the tokenizer's lower-casing.
+    """
+
+    def __init__(self, model, vocab_path, task, seq_length=128, max_length=None,
+                 outputs_fn=None, lower_case=True):
+        super().__init__()
+        if task not in TASK_OUTPUTS:
+            raise ValueError(f"task must be one of {sorted(TASK_OUTPUTS)}, got {task!r}")
+        if seq_length < 3:
+            raise ValueError(f"seq_length={seq_length}: needs at least 3 ([CLS] a [SEP])")
+        if max_length is not None and seq_length > max_length:
+            raise ValueError(f"seq_length={seq_length} exceeds the model's "
+                             f"max_position_embeddings={max_length}")
+        self.task = task
+        self.seq_length = int(seq_length)
+        self.max_length = int(max_length or seq_length)
+        # Track the model's variables, not the Keras model itself: saving a Keras object
+        # would also trace and save every layer's own functions (slow, and not served).
+        # The tf.Variables under Keras variables: TF1-style loaders (TF Serving's C++ loader,
+        # `saved_model_cli run`) create and restore only variables the object graph holds as
+        # tf.Variables; a Keras variable wrapper left them uninitialized there.
+        self.model_variables = [v.value if isinstance(v, keras.Variable) else v
+                                for v in model.variables]
+        self._outputs_fn = outputs_fn or (lambda inputs: model(inputs, training=False))
+        self.vocab_file = tf.saved_model.Asset(vocab_path)
+        self.tokenizer = tokenization.BertTokenizer(vocab_path, lower_case=lower_case)
+        if task == "span":
+            # A second word-piece tokenizer, over the asset, that also returns offsets.
+            self._offset_table = tf.lookup.StaticHashTable(
+                tf.lookup.TextFileInitializer(
+                    self.vocab_file, tf.string, tf.lookup.TextFileIndex.WHOLE_LINE,
+                    tf.int64, tf.lookup.TextFileIndex.LINE_NUMBER),
+                default_value=-1)
+            self._offset_tokenizer = tf_text.BertTokenizer(
+                self._offset_table, token_out_type=tf.int64,
+                unknown_token=tokenization.UNK_TOKEN, lower_case=False)
+
+        text = tf.TensorSpec([None], tf.string)
+        ids = tf.TensorSpec([None, None], tf.int32)
+        # The serving functions live in a plain (untracked) holder: `tf.saved_model.save`
+        # then serializes only the signatures' concrete functions instead of re-tracing
+        # every attached `tf.function` in its save context (that doubled the export time).
+        self._functions = _Functions(
+            serve_text=tf.function(self._serve_text, input_signature=[text],
+                                   jit_compile=False),
+            serve_text_pair=tf.function(self._serve_text_pair, input_signature=[text, text],
+                                        jit_compile=False),
+            serve_token_ids=tf.function(self._serve_token_ids,
+                                        input_signature=[ids, ids, ids], jit_compile=False),
+            serve_examples=tf.function(self._serve_examples, input_signature=[text],
+                                       jit_compile=False))
+
+    def function(self, name):
+        """The serving `tf.function` `name` ("serve_text", ...), for in-process use.
+
+        (Not an attribute: `tf.saved_model.save` would re-trace attached functions.)
+        """
+        return getattr(self._functions, name)
+
+    def signatures(self):
+        """The signature map for `tf.saved_model.save`."""
+        text = self.function("serve_text").get_concrete_function()
+        pair = self.function("serve_text_pair").get_concrete_function()
+        return {
+            "serving_default": pair if DEFAULT_TEXT_SIGNATURE[self.task] == "serve_text_pair"
+            else text,
+            "serve_text": text,
+            "serve_text_pair": pair,
+            "serve_token_ids": self.function("serve_token_ids").get_concrete_function(),
+            "serve_examples": self.function("serve_examples").get_concrete_function(),
+        }
+
+    # -- the model ---------------------------------------------------------------------------
+
+    def run_model(self, inputs):
+        """Encoder input dict -> the task's outputs (float32), checked by name."""
+        outputs = self._outputs_fn(inputs)
+        if not isinstance(outputs, dict):
+            raise TypeError(f"the {self.task} model must return a dict of tensors, "
+                            f"got {type(outputs).__name__}")
+        outputs = {name: _float32(value) for name, value in outputs.items()}
+        if (self.task == "classification" and "probabilities" not in outputs
+                and "logits" in outputs):
+            outputs["probabilities"] = tf.nn.softmax(outputs["logits"], axis=-1)
+        missing = [name for name in TASK_OUTPUTS[self.task] if name not in outputs]
+        if missing:
+            raise ValueError(f"the {self.task} model's outputs {sorted(outputs)} lack "
+                             f"{missing}")
+        clash = [name for name in outputs if name in ENCODER_INPUTS]
+        if clash:
+            raise ValueError(f"model outputs {clash} clash with the packed-input outputs")
+        return outputs
+
+    # -- signatures ----------------------------------------------------------------------------
+
+    def _text_outputs(self, texts):
+        packed = self.tokenizer.pack([self.tokenizer.tokenize(t) for t in texts],
+                                     self.seq_length)
+        outputs = dict(self.run_model(packed))
+        outputs.update(packed)
+        if self.task == "span":
+            outputs.update(self._packed_offsets(texts, packed))
+        return outputs
+
+    def _serve_text(self, text_a):
+        return self._text_outputs([text_a])
+
+    def _serve_text_pair(self, text_a, text_b):
+        tf.debugging.assert_equal(
+            tf.shape(text_a), tf.shape(text_b),
+            message="text_a and text_b must have the same batch size")
+        return self._text_outputs([text_a, text_b])
+
+    def _serve_token_ids(self, token_ids, segment_ids, padding_mask):
+        shape = tf.shape(token_ids)
+        checks = [
+            tf.debugging.assert_equal(tf.shape(segment_ids), shape,
+                                      message="segment_ids must have the shape of token_ids"),
+            tf.debugging.assert_equal(tf.shape(padding_mask), shape,
+                                      message="padding_mask must have the shape of token_ids"),
+            tf.debugging.assert_less_equal(
+                shape[1], self.max_length,
+                message=f"sequences longer than max_position_embeddings={self.max_length}"),
+            tf.debugging.assert_non_negative(token_ids, message="negative token_ids"),
+            tf.debugging.assert_less(token_ids, self.tokenizer.vocab_size,
+                                     message="token_ids outside the vocab"),
+        ]
+        with tf.control_dependencies(checks):
+            inputs = {"token_ids": tf.identity(token_ids),
+                      "segment_ids": tf.identity(segment_ids),
+                      "padding_mask": tf.identity(padding_mask)}
+        return self.run_model(inputs)
+
+    def _serve_examples(self, examples):
+        features = {feature: tf.io.FixedLenFeature([self.seq_length], tf.int64)
+                    for feature in EXAMPLE_FEATURES.values()}
+        parsed = tf.io.parse_example(examples, features)
+        inputs = {name: tf.cast(parsed[feature], tf.int32)
+                  for name, feature in EXAMPLE_FEATURES.items()}
+        return self._serve_token_ids(**inputs)
+
+    # -- span offsets --------------------------------------------------------------------------
+
+    def tokenize_with_offsets(self, text):
+        """Word pieces of `text` and their byte offsets [start, end) in it.
+
+        Returns int64 ragged [B, (T)] `(ids, starts, ends)`. Normalizes character by character
+        (the normalization is per character), so each byte of the normalized text maps back to
+        the character it came from. The ids equal `self.tokenizer.tokenize(text)` (tested).
+        """
+        text = tf.convert_to_tensor(text, tf.string)
+        _, char_starts = tf.strings.unicode_decode_with_offsets(
+            text, "UTF-8", errors="replace")
+        char_starts = tf.cast(char_starts, tf.int64)
+        text_bytes = tf.cast(tf.strings.length(text), tf.int64)
+        char_ends = tf.concat(
+            [char_starts[:, 1:], tf.RaggedTensor.from_tensor(text_bytes[:, None])], axis=1)
+        # Cut the original bytes (not replacement characters) so invalid UTF-8 stays as is.
+        rows = char_starts.value_rowids()
+        chars = char_starts.with_flat_values(tf.strings.substr(
+            tf.gather(text, rows), char_starts.flat_values,
+            char_ends.flat_values - char_starts.flat_values))
+        normalized = chars.with_flat_values(self.tokenizer.normalize(chars.flat_values))
+        norm_ends = tf.math.cumsum(
+            tf.cast(tf.strings.length(normalized), tf.int64), axis=1)
+        ids, starts, ends = self._offset_tokenizer.tokenize_with_offsets(
+            tf.strings.reduce_join(normalized, axis=1))
+        ids = ids.merge_dims(-2, -1)
+        starts = tf.cast(starts.merge_dims(-2, -1), tf.int64)
+        ends = tf.cast(ends.merge_dims(-2, -1), tf.int64)
+        dense_ends = norm_ends.to_tensor(default_value=tf.int64.max)
+        last_char = tf.maximum(char_starts.row_lengths() - 1, 0)[:, None]
+
+        def to_original(norm_offsets, bounds):
+            # Index of the character whose normalized bytes hold each offset.
+            lengths = norm_offsets.row_lengths()
+            index = tf.searchsorted(dense_ends, norm_offsets.to_tensor(), side="right")
+            index = tf.minimum(tf.cast(index, tf.int64), last_char)
+            picked = tf.gather(bounds.to_tensor(default_value=0), index, batch_dims=1)
+            return tf.RaggedTensor.from_tensor(picked, lengths=lengths)
+
+        return ids, to_original(starts, char_starts), to_original(ends - 1, char_ends)
+
+    def _packed_offsets(self, texts, packed):
+        """Offsets laid out like the packed ids: -1 on special tokens and padding."""
+        real = tf.cast(packed["padding_mask"] > 0, tf.int64)
+        second = tf.cast(packed["segment_ids"] > 0, tf.int64) * real
+        kept = [tf.reduce_sum(real - second, axis=1) - 2]  # minus [CLS], [SEP]
+        if len(texts) == 2:
+            kept.append(tf.reduce_sum(second, axis=1) - 1)  # minus the last [SEP]
+        batch = tf.shape(packed["token_ids"], out_type=tf.int64)[0]
+        special = tf.RaggedTensor.from_tensor(tf.fill([batch, 1], tf.constant(-1, tf.int64)))
+        result = {}
+        offsets = [self.tokenize_with_offsets(text) for text in texts]
+        for index, name in ((1, "token_start_offsets"), (2, "token_end_offsets")):
+            parts = [special]
+            for segment, keep in zip(offsets, kept):
+                values = segment[index]
+                mask = tf.ragged.range(values.row_lengths()) < keep[:, None]
+                parts += [tf.ragged.boolean_mask(values, mask), special]
+            row = tf.concat(parts, axis=1)
+            result[name] = row.to_tensor(default_value=-1, shape=[None, self.seq_length])
+        return result
+
+
+def export_saved_model(task_model, vocab_path, export_dir, task, seq_length=128, version=None,
+                       outputs_fn=None, max_length=None, lower_case=True):
+    """Writes `task_model` as a TF Serving SavedModel; returns `<export_dir>/<version>`.
+
+    Args:
+      task_model: a Keras model whose call takes the encoder input dict (`token_ids`,
+        `segment_ids`, `padding_mask`, int32 [batch, seq]) and returns a dict of tensors holding
+        at least `TASK_OUTPUTS[task]` (classification: `probabilities` is added as the softmax
+        of `logits` when missing). Every output is exported (floats as float32).
+      vocab_path: the WordPiece vocab the model was trained with (shipped in `assets/`).
+      export_dir: the model's folder; the version is a sub-folder.
+      task: "pretraining", "encoder", "classification" or "span".
+      seq_length: packed sequence length of the text and tf.Example signatures.
+      version: integer version (default: next free integer, 1 for a new folder). An existing
+        version is not overwritten.
+      outputs_fn: optional `fn(inputs) -> dict` used instead of `task_model(inputs)`;
+        `task_model` must then own the variables it uses.
+      max_length: the longest sequence `serve_token_ids` accepts (default: the model config's
+        `max_position_embeddings` when it has one, else `seq_length`).
+    """
+    if max_length is None:
+        config = getattr(task_model, "config", None)
+        max_length = getattr(config, "max_position_embeddings", None)
+    if not os.path.isfile(vocab_path):
+        raise FileNotFoundError(f"Vocab file not found: {vocab_path}")
+    version = next_version(export_dir) if version is None else int(version)
+    if version < 1:
+        raise ValueError(f"version must be a positive integer, got {version}")
+    path = os.path.join(export_dir, str(version))
+    if tf.io.gfile.exists(path):
+        raise FileExistsError(f"{path} exists: pick another version or leave it to default")
+    module = ServingModule(task_model, vocab_path, task, seq_length=seq_length,
+                           max_length=max_length, outputs_fn=outputs_fn, lower_case=lower_case)
+    tf.io.gfile.makedirs(export_dir)
+    staging = os.path.join(export_dir, f".tmp-{version}-{uuid.uuid4().hex[:8]}")
+    try:
+        tf.saved_model.save(module, staging, signatures=module.signatures(),
+                            options=tf.saved_model.SaveOptions(experimental_custom_gradients=False))
+        tf.io.gfile.rename(staging, path)
+    finally:
+        if tf.io.gfile.exists(staging):
+            shutil.rmtree(staging, ignore_errors=True)
+    return path
+
+
+def pretraining_outputs_fn(pretrainer):
+    """Serving outputs of a GroupBertPretrainer: encoder outputs and NSP probabilities."""
+
+    def outputs_fn(inputs):
+        encoded = pretrainer.encoder(inputs, training=False)
+        nsp_logits = pretrainer.nsp_head(encoded["pooled_output"])
+        return {
+            "sequence_output": encoded["sequence_output"],
+            "pooled_output": encoded["pooled_output"],
+            # Index 0 = IsNext, 1 = NotNext (the pre-training labels).
+            "nsp_probabilities": tf.nn.softmax(tf.cast(nsp_logits, tf.float32), axis=-1),
+        }
+
+    return outputs_fn
+
+
+def export_pretraining_model(model, vocab_path, export_dir, seq_length=128, version=None):
+    """Exports a GroupBertPretrainer (or PretrainingModel) with task "pretraining".
+
+    Outputs: `sequence_output` [batch, seq, hidden], `pooled_output` [batch, hidden],
+    `nsp_probabilities` [batch, 2]. A bare GroupBertEncoder exports its two outputs.
+    Returns the version folder written.
+    """
+    outputs_fn = pretraining_outputs_fn(model) if hasattr(model, "nsp_head") else None
+    return export_saved_model(model, vocab_path, export_dir, "pretraining",
+                              seq_length=seq_length, version=version, outputs_fn=outputs_fn)

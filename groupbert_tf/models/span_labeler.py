@@ -1,0 +1,84 @@
+"""Span extraction (SQuAD-style): a start and an end logit per token."""
+
+import keras
+from keras import ops
+
+from groupbert_tf.layers.initializers import truncated_normal
+from groupbert_tf.models.encoder import GroupBertEncoder, as_config
+
+ENCODER_INPUTS = ("token_ids", "segment_ids", "padding_mask")
+
+# Added to the logits of padding positions: softmax gives them zero probability in float32
+# and bfloat16 alike, and no decoder can pick them.
+PADDING_LOGIT = -10000.0
+
+
+@keras.saving.register_keras_serializable(package="groupbert_tf")
+class GroupBertSpanLabeler(keras.Model):
+    """Start/end logits per token over the encoder's sequence output.
+
+    Inputs: `token_ids`, `segment_ids`, `padding_mask` [B, S]. Output:
+    {"start_logits": [B, S], "end_logits": [B, S]} (float32; padding positions get
+    PADDING_LOGIT). Labels: {"start_positions": int [B], "end_positions": int [B]}; a
+    window that does not contain the answer points both at [CLS] (position 0), as in BERT.
+    Loss: mean of the start and end cross-entropies, each a sum over a count.
+    """
+
+    def __init__(self, config=None, encoder=None, dropout=0.1, dtype=None, **kwargs):
+        super().__init__(dtype=dtype, **kwargs)
+        self.encoder = encoder if encoder is not None else GroupBertEncoder(config, dtype=dtype)
+        self.config = self.encoder.config
+        self.dropout_rate = dropout
+        self.dropout = keras.layers.Dropout(dropout, name="span_dropout")
+        self.span_head = keras.layers.Dense(
+            2, kernel_initializer=truncated_normal(self.config.initializer_range),
+            name="span_head", dtype=dtype)
+        self.span_head.build((None, None, self.config.hidden_size))
+        self.loss_tracker_ = keras.metrics.Mean(name="span_loss")
+        self.start_accuracy = keras.metrics.SparseCategoricalAccuracy(name="start_accuracy")
+        self.end_accuracy = keras.metrics.SparseCategoricalAccuracy(name="end_accuracy")
+
+    def call(self, inputs, training=None):
+        encoded = self.encoder({name: inputs[name] for name in ENCODER_INPUTS}, training=training)
+        hidden = self.dropout(encoded["sequence_output"], training=training)
+        logits = ops.cast(self.span_head(hidden), "float32")  # [B, S, 2]
+        padding = 1.0 - ops.cast(inputs["padding_mask"], "float32")
+        logits = logits + PADDING_LOGIT * padding[:, :, None]
+        return {"start_logits": logits[:, :, 0], "end_logits": logits[:, :, 1]}
+
+    def loss_counts(self, y):
+        return {"span": ops.cast(ops.shape(y["start_positions"])[0], "float32")}
+
+    def loss_sums(self, y, y_pred):
+        start = keras.losses.sparse_categorical_crossentropy(
+            y["start_positions"], y_pred["start_logits"], from_logits=True)
+        end = keras.losses.sparse_categorical_crossentropy(
+            y["end_positions"], y_pred["end_logits"], from_logits=True)
+        return {"span": 0.5 * (ops.sum(start) + ops.sum(end))}
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True,
+                     counts=None):
+        counts = self.loss_counts(y) if counts is None else counts
+        sums = self.loss_sums(y, y_pred)
+        return sum(sums[name] / ops.maximum(counts[name], 1.0) for name in sums)
+
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        counts = self.loss_counts(y)
+        sums = self.loss_sums(y, y_pred)
+        self.loss_tracker_.update_state(sums["span"] / ops.maximum(counts["span"], 1.0),
+                                        sample_weight=counts["span"])
+        self.start_accuracy.update_state(y["start_positions"], y_pred["start_logits"])
+        self.end_accuracy.update_state(y["end_positions"], y_pred["end_logits"])
+        return self.get_metrics_result()
+
+    @property
+    def metrics(self):
+        return [*super().metrics, self.loss_tracker_, self.start_accuracy, self.end_accuracy]
+
+    def get_config(self):
+        return {"config": self.config.to_dict(), "dropout": self.dropout_rate, "name": self.name}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        return cls(config=as_config(config.pop("config")), **config)

@@ -1,0 +1,162 @@
+"""`python -m training.export`: a trained checkpoint -> a TF Serving SavedModel (raw text in).
+
+  python -m training.export --model_dir=runs/pretrain --config=groupbert-mini \
+      --task=pretraining --export_dir=saved_models/groupbert-mini
+
+Restores the newest checkpoint of `<model_dir>/checkpoints` (for fine-tuning runs, whose best
+epoch lives in `<model_dir>/best`, that one when `checkpoints/` has none) or `--checkpoint`,
+weights only (`expect_partial`: optimizer slots are skipped), and writes
+`<export_dir>/<version>/` with `groupbert_tf.export` (signatures: docs/serving.md).
+
+Task models come from TASK_MODEL_BUILDERS: `builder(config, model_dir) -> keras.Model` with
+the same variable structure as the model the checkpoint was written from. Register another
+task with `register_task_model(name, builder, output_task)`.
+"""
+
+import os
+import sys
+
+import tensorflow as tf
+from absl import app, flags, logging
+
+from groupbert_tf import export
+from groupbert_tf.config import PRESETS, GroupBertConfig
+
+FLAGS = flags.FLAGS
+
+
+def load_config(name_or_path) -> GroupBertConfig:
+    """A preset name or a GroupBertConfig JSON file (e.g. `<model_dir>/config.json`)."""
+    if name_or_path in PRESETS:
+        return GroupBertConfig.from_preset(name_or_path)
+    try:
+        with open(name_or_path) as f:
+            return GroupBertConfig.from_json(f.read())
+    except OSError as error:
+        raise ValueError(f"--config {name_or_path!r} is neither a preset ({sorted(PRESETS)}) "
+                         f"nor a readable JSON file: {error}") from error
+
+
+def _pretraining_model(config, model_dir):
+    del model_dir
+    from training.trainer import PretrainingModel  # pylint: disable=import-outside-toplevel
+    return PretrainingModel(config=config)
+
+
+def _num_labels(model_dir):
+    path = os.path.join(model_dir, "labels.txt")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} not found: the classification export needs the label "
+                                "list that training.finetune writes there")
+    with open(path, encoding="utf-8") as f:
+        return sum(1 for line in f if line.strip())
+
+
+def _classification_model(config, model_dir):
+    # The fine-tuning model class (training.finetune), so checkpoint paths match.
+    from training.finetune import ClassifierModel  # pylint: disable=import-outside-toplevel
+    return ClassifierModel(config=config, num_labels=_num_labels(model_dir), dropout=0.0)
+
+
+def _span_model(config, model_dir):
+    del model_dir
+    from training.finetune import SpanLabelerModel  # pylint: disable=import-outside-toplevel
+    return SpanLabelerModel(config=config, dropout=0.0)
+
+
+# task -> (builder(config, model_dir) -> keras.Model, the export.TASK_OUTPUTS task)
+TASK_MODEL_BUILDERS = {
+    "pretraining": (_pretraining_model, "pretraining"),
+    "classification": (_classification_model, "classification"),
+    "span": (_span_model, "span"),
+}
+
+
+def register_task_model(name, builder, output_task):
+    """Adds a `--task`: `builder(config, model_dir)` builds the model to restore."""
+    if output_task not in export.TASK_OUTPUTS:
+        raise ValueError(f"output_task must be one of {sorted(export.TASK_OUTPUTS)}")
+    TASK_MODEL_BUILDERS[name] = (builder, output_task)
+
+
+def find_checkpoint(model_dir, checkpoint=None):
+    """`checkpoint` if given, else the newest in `<model_dir>/checkpoints`, else
+    `<model_dir>/best` (training.finetune's best epoch)."""
+    if checkpoint:
+        path = tf.train.latest_checkpoint(checkpoint) or checkpoint
+        if not tf.io.gfile.exists(path + ".index"):
+            raise FileNotFoundError(f"--checkpoint {checkpoint}: no checkpoint found")
+        return path
+    path = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
+    if path:
+        return path
+    best = os.path.join(model_dir, "best")
+    if tf.io.gfile.exists(best + ".index"):
+        return best
+    raise FileNotFoundError(f"No checkpoint in {os.path.join(model_dir, 'checkpoints')} "
+                            f"(nor {best})")
+
+
+def restore_model(task, config, model_dir, checkpoint=None):
+    """Builds the task's model and restores its weights; returns (model, checkpoint path)."""
+    if task not in TASK_MODEL_BUILDERS:
+        raise ValueError(f"--task must be one of {sorted(TASK_MODEL_BUILDERS)}, got {task!r}")
+    builder, _ = TASK_MODEL_BUILDERS[task]
+    model = builder(config, model_dir)
+    path = find_checkpoint(model_dir, checkpoint)
+    status = tf.train.Checkpoint(model=model).restore(path).expect_partial()
+    # Every model variable must come from the checkpoint (optimizer state may be skipped).
+    status.assert_existing_objects_matched()
+    return model, path
+
+
+def export_from_checkpoint(model_dir, config, task, export_dir, vocab=None, seq_length=128,
+                           version=None, checkpoint=None, lower_case=True):
+    """Restores a checkpoint and exports it; returns the version folder written."""
+    from training import data  # pylint: disable=import-outside-toplevel
+    config = load_config(config) if not isinstance(config, GroupBertConfig) else config
+    model, path = restore_model(task, config, model_dir, checkpoint)
+    logging.info("Restored weights from %s", path)
+    vocab = vocab or data.default_vocab_path()
+    _, output_task = TASK_MODEL_BUILDERS[task]
+    if output_task == "pretraining":
+        written = export.export_pretraining_model(model, vocab, export_dir,
+                                                  seq_length=seq_length, version=version)
+    else:
+        written = export.export_saved_model(model, vocab, export_dir, output_task,
+                                            seq_length=seq_length, version=version,
+                                            lower_case=lower_case)
+    labels = os.path.join(model_dir, "labels.txt")
+    if output_task == "classification" and os.path.isfile(labels):
+        # Same place as training.finetune: index i of `probabilities` is line i.
+        tf.io.gfile.copy(labels, os.path.join(written, "labels.txt"), overwrite=True)
+    logging.info("Exported %s model to %s", task, written)
+    return written
+
+
+def define_flags():
+    flags.DEFINE_string("model_dir", None, "Training run folder (its checkpoints/ or best).")
+    flags.DEFINE_string("config", "groupbert-mini", "Preset name or GroupBertConfig JSON file.")
+    flags.DEFINE_enum("task", "pretraining", sorted(TASK_MODEL_BUILDERS), "Model to export.")
+    flags.DEFINE_string("export_dir", "saved_models/groupbert-mini",
+                        "Model folder; the export goes to <export_dir>/<version>.")
+    flags.DEFINE_string("checkpoint", None, "Checkpoint prefix or folder (default: newest).")
+    flags.DEFINE_string("vocab", None, "WordPiece vocab (default: bert-base-uncased).")
+    flags.DEFINE_bool("lower_case", True, "Lower-case and strip accents (uncased vocab).")
+    flags.DEFINE_integer("seq_length", 128, "Packed length of the text signatures.")
+    flags.DEFINE_integer("version", None, "Version number (default: next free integer).")
+    flags.mark_flag_as_required("model_dir")
+
+
+def main(argv):
+    del argv
+    path = export_from_checkpoint(FLAGS.model_dir, FLAGS.config, FLAGS.task, FLAGS.export_dir,
+                                  vocab=FLAGS.vocab, seq_length=FLAGS.seq_length,
+                                  version=FLAGS.version, checkpoint=FLAGS.checkpoint,
+                                  lower_case=FLAGS.lower_case)
+    print(path)
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main, argv=sys.argv)
