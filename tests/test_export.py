@@ -336,3 +336,31 @@ def test_cli_end_to_end(tmp_path, vocab):
     reference = _reference(model, tokenization.BertTokenizer(vocab), TEXTS)
     np.testing.assert_allclose(outputs["pooled_output"].numpy(), reference["pooled_output"],
                                atol=1e-5)
+
+
+def test_span_offsets_map_word_pieces_back_to_the_text(vocab):
+    from groupbert_tf.models.span_labeler import GroupBertSpanLabeler  # pylint: disable=import-outside-toplevel
+    model = GroupBertSpanLabeler(config=_tiny_config(), dropout=0.0)
+    module = export.ServingModule(model, vocab, "span", seq_length=SEQ, max_length=64)
+    texts = TEXTS + PAIRS_B + ["Ὀδυσσεύς and the final sigma: λόγος.", "zero\u200bwidth soft\u00ad",
+                               "R″ and 3\u00a0km", b"bad \xff bytes", ""]
+    raw = [t if isinstance(t, bytes) else t.encode("utf-8") for t in texts]
+    ids, starts, ends = module.tokenize_with_offsets(tf.constant(raw))
+    assert ids.to_list() == module.tokenizer.tokenize(tf.constant(raw)).to_list()
+    vocab_list = module.tokenizer.vocab
+    for text, row_ids, row_starts, row_ends in zip(raw, ids.to_list(), starts.to_list(),
+                                                   ends.to_list()):
+        for piece_id, start, end in zip(row_ids, row_starts, row_ends):
+            assert 0 <= start < end <= len(text)
+            if piece_id == module.tokenizer.unk_id:
+                continue
+            piece = vocab_list[piece_id].removeprefix("##")
+            normalized = module.tokenizer.normalize(tf.constant([text[start:end]]))[0]
+            assert normalized.numpy().decode("utf-8") == piece, (text, start, end)
+    outputs = module.function("serve_text_pair")(tf.constant(raw[:4]), tf.constant(raw[4:8]))
+    for name in ("start_logits", "end_logits", "token_start_offsets", "token_end_offsets"):
+        assert outputs[name].shape == (4, SEQ)
+    token_ids = outputs["token_ids"].numpy()
+    special = np.isin(token_ids, [module.tokenizer.cls_id, module.tokenizer.sep_id, 0])
+    assert np.all((outputs["token_start_offsets"].numpy() == -1) == special)
+    assert np.all((outputs["token_end_offsets"].numpy() == -1) == special)
