@@ -253,6 +253,9 @@ class ServingModule(tf.__internal__.tracking.AutoTrackable):
         text_bytes = tf.cast(tf.strings.length(text), tf.int64)
         char_ends = tf.concat(
             [char_starts[:, 1:], tf.RaggedTensor.from_tensor(text_bytes[:, None])], axis=1)
+        # (An empty text has no characters: drop the end appended to it.)
+        char_ends = tf.ragged.boolean_mask(
+            char_ends, tf.ragged.range(char_ends.row_lengths()) < char_starts.row_lengths()[:, None])
         # Cut the original bytes (not replacement characters) so invalid UTF-8 stays as is.
         rows = char_starts.value_rowids()
         chars = char_starts.with_flat_values(tf.strings.substr(

@@ -338,6 +338,7 @@ def test_cli_end_to_end(tmp_path, vocab):
                                atol=1e-5)
 
 
+@pytest.mark.slow
 def test_span_offsets_map_word_pieces_back_to_the_text(vocab):
     from groupbert_tf.models.span_labeler import GroupBertSpanLabeler  # pylint: disable=import-outside-toplevel
     model = GroupBertSpanLabeler(config=_tiny_config(), dropout=0.0)

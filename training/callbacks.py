@@ -4,6 +4,7 @@ import math
 import time
 
 import keras
+import tensorflow as tf
 from absl import logging
 
 
@@ -23,9 +24,24 @@ class StepCheckpoint(keras.callbacks.Callback):
     def _step(self):
         return int(self.model.optimizer.iterations.numpy())
 
+    def on_train_begin(self, logs=None):
+        # The starting state is on disk already (or is the initialisation).
+        self._last_saved = self._step()
+
+    def _weights_finite(self):
+        return all(bool(tf.reduce_all(tf.math.is_finite(v)))
+                   for v in self.model.trainable_variables)
+
     def _save(self):
         step = self._step()
         if step != self._last_saved:
+            # A finite loss can still come with an overflowing gradient: never save NaNs.
+            if not self._weights_finite():
+                self.model.stop_training = True
+                raise FloatingPointError(
+                    f"Non-finite weights at step {step}: training stopped. The last good "
+                    f"checkpoint is {self.manager.latest_checkpoint or '(none written yet)'};"
+                    " try a lower --learning_rate or more --warmup_steps.")
             path = self.manager.save(checkpoint_number=step)
             self._last_saved = step
             logging.info("Saved checkpoint %s (step %d)", path, step)
@@ -38,7 +54,10 @@ class StepCheckpoint(keras.callbacks.Callback):
                 f"Loss is {float(loss)} at step {self._step()}: training stopped. The last good "
                 f"checkpoint is {self.manager.latest_checkpoint or '(none written yet)'}; try a "
                 "lower --learning_rate or more --warmup_steps.")
-        if self._step() % self.every_steps == 0:
+        # Save on crossing a multiple of `every_steps`: with steps_per_execution (or gradient
+        # accumulation) the step seen here need not land on one.
+        step = self._step()
+        if self._last_saved is None or step // self.every_steps > self._last_saved // self.every_steps:
             self._save()
 
     def on_train_end(self, logs=None):
@@ -58,20 +77,21 @@ class Throughput(keras.callbacks.Callback):
         self.history = []
 
     def on_train_begin(self, logs=None):
-        self._start, self._steps = None, 0
+        self._start, self._end, self._steps = None, None, 0
 
     def on_train_batch_end(self, batch, logs=None):
         if self._start is None:  # Skip the first call: it includes XLA compilation.
             self._start, self._steps = time.perf_counter(), 0
             return
         self._steps += 1
+        self._end = time.perf_counter()  # Not at report(): end-of-fit work is not training.
         if self._steps % self.every_steps == 0:
             self.report()
 
     def report(self):
         if not self._steps:
             return None
-        elapsed = time.perf_counter() - self._start
+        elapsed = self._end - self._start
         # Keras calls back once per execution of `steps_per_execution` steps.
         steps = self._steps * self.model.steps_per_execution
         sequences_per_second = steps * self.global_batch_size / elapsed

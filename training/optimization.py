@@ -18,8 +18,11 @@ EXCLUDED_FROM_DECAY = ("bias", "gamma", "beta")
 
 @keras.saving.register_keras_serializable(package="groupbert_tf")
 class WarmupPolynomialDecay(keras.optimizers.schedules.LearningRateSchedule):
-    """Warm up as (step / warmup_steps) ** warmup_power, then decay polynomially to `end_lr`.
+    """Warm up as (k / warmup_steps) ** warmup_power, then decay polynomially to `end_lr`.
 
+    k = step + 1 is the update number (Keras passes the 0-based iteration), so the first
+    update has a non-zero rate and update number `warmup_steps` is at the peak; the decay
+    reaches `end_learning_rate` at step `total_steps`.
     `warmup_power=1` is linear warmup; the GroupBERT reference uses 0.5 (square-root warmup).
     """
 
@@ -64,7 +67,16 @@ class CrossReplicaClipping:
 
     Called in replica context before Keras sums gradients across replicas: we sum them
     here, clip, and hand each replica 1/R of the clipped total so Keras' sum restores it.
+
+    Also evaluates a learning-rate schedule at the optimizer step: Keras 3.15 passes the
+    micro-batch counter, so with gradient accumulation the schedule would run
+    `gradient_accumulation_steps` times too fast.
     """
+
+    def _get_current_learning_rate(self):
+        if isinstance(self._learning_rate, keras.optimizers.schedules.LearningRateSchedule):
+            return self._learning_rate(self.iterations)
+        return super()._get_current_learning_rate()
 
     def _clip_gradients(self, grads):
         context = tf.distribute.get_replica_context()

@@ -49,6 +49,10 @@ flags.DEFINE_integer("log_every", 50, "Throughput log interval in steps.")
 flags.DEFINE_bool("mixed_precision", False, "mixed_bfloat16 (LayerNorm and softmax in float32).")
 flags.DEFINE_bool("xla", True, "XLA-compile the forward and backward pass.")
 flags.DEFINE_integer("seed", 0, "Seed for data and initialisation.")
+flags.DEFINE_bool("shuffle", True,
+                  "Shuffle --tfrecords examples (seeded by --seed and the start step). "
+                  "--noshuffle reads them in file order and a resumed run skips the batches "
+                  "already trained on: reproducible runs, e.g. to compare strategies.")
 flags.DEFINE_float("validation_fraction", 0.01, "Share of documents held out for validation.")
 flags.DEFINE_string("export_dir", "saved_models/groupbert-mini",
                     "SavedModel export (TF Serving layout <dir>/<version>); empty: no export.")
@@ -63,6 +67,9 @@ def apply_overrides(path):
             values = json.load(f)
     except (OSError, json.JSONDecodeError) as error:
         raise ValueError(f"--overrides {path}: {error}") from error
+    if not isinstance(values, dict):
+        raise ValueError(f"--overrides {path}: expected a JSON object, got "
+                         f"{type(values).__name__}")
     config_fields = {f.name for f in dataclasses.fields(GroupBertConfig)}
     config_overrides = {}
     for key, value in values.items():
@@ -70,32 +77,56 @@ def apply_overrides(path):
             config_overrides[key] = value
         elif key in FLAGS and key not in ("config", "overrides"):
             if not FLAGS[key].present:  # The command line wins.
-                FLAGS[key].value = value
+                try:
+                    FLAGS[key].value = FLAGS[key].parser.parse(value)
+                except (flags.Error, ValueError, TypeError) as error:
+                    raise ValueError(f"--overrides {path}: bad value {value!r} for flag "
+                                     f"{key!r}: {error}") from error
         else:
             raise ValueError(f"--overrides {path}: unknown key {key!r} (neither a "
                              "GroupBertConfig field nor a flag)")
     return config_overrides
 
 
-def load_config(name_or_path, overrides):
+def load_config(name_or_path, overrides, overrides_path=None):
+    """A preset or a JSON file, then the overrides; errors name the file and the field."""
     if name_or_path in PRESETS:
-        return GroupBertConfig.from_preset(name_or_path, **overrides)
+        config = GroupBertConfig.from_preset(name_or_path)
+    else:
+        try:
+            with open(name_or_path) as f:
+                text = f.read()
+        except OSError as error:
+            raise ValueError(f"--config {name_or_path!r} is neither a preset "
+                             f"({sorted(PRESETS)}) nor a readable JSON file: {error}") from error
+        try:
+            config = GroupBertConfig.from_json(text)
+        except ValueError as error:
+            raise ValueError(f"--config {name_or_path}: {error}") from error
     try:
-        with open(name_or_path) as f:
-            text = f.read()
-    except OSError as error:
-        raise ValueError(f"--config {name_or_path!r} is neither a preset ({sorted(PRESETS)}) nor "
-                         f"a readable JSON file: {error}") from error
-    return GroupBertConfig.from_json(text).replace(**overrides)
+        return config.replace(**overrides)
+    except ValueError as error:
+        raise ValueError(f"--overrides {overrides_path}: {error}") from error
 
 
 def main(argv):
+    """Runs `_main`; a configuration, data or divergence error ends the run with a one-line
+    message naming the flag, file or field (exit status 1), not a traceback."""
+    try:
+        _main(argv)
+    except (ValueError, FileNotFoundError, FloatingPointError) as error:
+        logging.error("%s: %s", type(error).__name__, error)
+        print(f"pretrain: error: {error}", file=sys.stderr, flush=True)
+        sys.exit(1)
+
+
+def _main(argv):
     del argv
     config_overrides = apply_overrides(FLAGS.overrides) if FLAGS.overrides else {}
     # The strategy must exist before TensorFlow creates any tensor.
     strategy, _ = strategy_lib.strategy_from_flags()
 
-    config = load_config(FLAGS.config, config_overrides)
+    config = load_config(FLAGS.config, config_overrides, FLAGS.overrides)
     logging.info("Model config:\n%s", config.to_json())
     strategy_lib.per_replica_batch_size(FLAGS.batch_size, strategy.num_replicas_in_sync,
                                         "batch_size")
@@ -106,9 +137,15 @@ def main(argv):
     validation = None
     if FLAGS.tfrecords:
         def train_dataset_fn(start_step):
-            return tfrecord.read_dataset(FLAGS.tfrecords, FLAGS.seq_length,
-                                         FLAGS.max_predictions_per_seq, FLAGS.batch_size,
-                                         seed=FLAGS.seed + start_step)
+            dataset = tfrecord.read_dataset(FLAGS.tfrecords, FLAGS.seq_length,
+                                            FLAGS.max_predictions_per_seq, FLAGS.batch_size,
+                                            shuffle=FLAGS.shuffle, repeat=True,
+                                            seed=FLAGS.seed + start_step)
+            if not FLAGS.shuffle:  # File order: a resumed run skips what was trained on.
+                dataset = dataset.skip(start_step * FLAGS.gradient_accumulation_steps)
+            # Every worker reads the same global batches and keeps its replicas' slices, so
+            # N workers train on exactly the batches one process would (not FILE sharding).
+            return strategy_lib.with_auto_shard_policy(dataset)
     else:
         corpus = FLAGS.corpus or [data.default_corpus_path()]
 
@@ -143,8 +180,9 @@ def main(argv):
     if FLAGS.export_dir and strategy.extended.should_checkpoint:
         summary["export"] = export.export_pretraining_model(model, vocab, FLAGS.export_dir,
                                                             seq_length=FLAGS.seq_length)
-    with open(os.path.join(FLAGS.model_dir, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=2)
+    if strategy.extended.should_checkpoint:  # Multi-worker: the chief writes it.
+        with open(os.path.join(FLAGS.model_dir, "summary.json"), "w") as f:
+            json.dump(summary, f, indent=2)
     logging.info("Summary: %s", json.dumps(summary))
 
 

@@ -6,8 +6,22 @@ the loss and gradients keeps XLA's speed and leaves the cross-replica sum and th
 updates to tf.distribute.
 """
 
+import re
+
 import keras
 import tensorflow as tf
+
+
+def _version_tuple(version):
+    return tuple(int(part) for part in re.findall(r"\d+", version)[:3])
+
+
+# Keras 3 `model.fit` / `evaluate` under MultiWorkerMirroredStrategy crash with
+# "Attempt to convert a value (PerReplica...)": https://github.com/keras-team/keras/issues/20585
+# Verified broken and worked around for Keras 3.0 to 3.15.x (pinned: 3.15.1). On a newer Keras
+# the workaround is off; tests/test_distributed.py then says whether it is still needed.
+# Tests set this to False (in a subprocess) to show the crash it prevents.
+MULTI_WORKER_WORKAROUND = (3, 0, 0) <= _version_tuple(keras.__version__) < (3, 16, 0)
 
 
 class XlaGradientsTrainStep:
@@ -40,7 +54,52 @@ class XlaGradientsTrainStep:
         if replicas > 1:
             counts = context.all_reduce(tf.distribute.ReduceOp.SUM, counts)
         loss, gradients, y_pred = self._loss_and_gradients(x, y, counts)
+        if replicas > 1:
+            # The embedding gradient is an IndexedSlices (gather); cross-replica clipping
+            # (training/optimization.py) sums, clips and rescales dense gradients. The tied
+            # MLM decoder makes that gradient dense anyway.
+            gradients = [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g
+                         for g in gradients]
         self.optimizer.apply_gradients(zip(gradients, self.trainable_variables))
         # `loss` is this replica's share of the global loss; the tracker averages replicas.
         self._loss_tracker.update_state(loss * replicas)
-        return self.compute_metrics(x, y, y_pred)
+        return self._global_logs(self.compute_metrics(x, y, y_pred))
+
+    def test_step(self, data):
+        return self._global_logs(super().test_step(data))
+
+    # --- keras-team/keras#20585 workaround (MultiWorkerMirroredStrategy) -----------------------
+    # Two bugs of keras/src/backend/tensorflow/trainer.py (3.15.1) under MWMS in multi-worker mode:
+    # 1. `_maybe_symbolic_build` takes the first batch, a structure of PerReplica values, and
+    #    calls `strategy.reduce("MEAN", batch, axis=None)` eagerly to get an example batch. MWMS'
+    #    collective reduce does not accept a nested structure and fails converting the PerReplica
+    #    to a tensor: the error of the issue, before the first step.
+    # 2. `reduce_per_replica(..., "auto")` maps to "mean", which under MWMS is
+    #    `strategy.reduce("MEAN", v, axis=0)`: invalid for the scalar metric values every step
+    #    returns ("Invalid reduction dimension 0 for input with 0 dimensions").
+    # Fix: build from this worker's first local replica batch (only shapes and dtypes matter),
+    # and return each log value with shape [1]: Keras' MWMS "mean" over axis 0 then averages
+    # the replicas' values into a scalar, as its "mean" does on one worker.
+
+    def _multi_worker_workaround(self):
+        strategy = self.distribute_strategy
+        return (MULTI_WORKER_WORKAROUND
+                and isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+                and strategy.extended._in_multi_worker_mode())
+
+    def _global_logs(self, logs):
+        if not self._multi_worker_workaround():
+            return logs
+        return tf.nest.map_structure(lambda value: tf.reshape(value, [1]), logs)
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        if iterator is not None and self._multi_worker_workaround():
+            strategy = self.distribute_strategy
+            for _, _, distributed_iterator in iterator:
+                data_batch = tf.nest.map_structure(
+                    lambda v: (strategy.experimental_local_results(v)[0]
+                               if isinstance(v, tf.distribute.DistributedValues) else v),
+                    next(distributed_iterator))
+                break
+            iterator = None  # Keras resets the epoch iterator after the build.
+        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)

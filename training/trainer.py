@@ -2,6 +2,8 @@
 
 import dataclasses
 import os
+import shutil
+import tempfile
 from typing import Optional
 
 import keras
@@ -59,17 +61,30 @@ def build_model(config: GroupBertConfig, settings: TrainingSettings) -> Pretrain
     return model
 
 
+def _is_chief(strategy):
+    """False only on the non-chief workers of a multi-worker strategy."""
+    return strategy.extended.should_checkpoint
+
+
 def restore_or_initialize(model, model_dir, init_checkpoint=None):
     """Resumes the full state from `model_dir`, else loads weights from `init_checkpoint`.
 
     Returns (checkpoint manager, a sentence saying which happened).
     """
     checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
-    manager = tf.train.CheckpointManager(checkpoint, os.path.join(model_dir, "checkpoints"),
-                                         max_to_keep=3)
-    if manager.latest_checkpoint:
-        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-        return manager, (f"Resumed training state from {manager.latest_checkpoint} at step "
+    directory = os.path.join(model_dir, "checkpoints")
+    if _is_chief(model.distribute_strategy):
+        manager = tf.train.CheckpointManager(checkpoint, directory, max_to_keep=3)
+    else:
+        # Multi-worker: every worker must save (saving reads synced variables, a collective),
+        # but only the chief writes <model_dir>/checkpoints; the others write to a local
+        # temporary folder, removed at the end of `pretrain`.
+        manager = tf.train.CheckpointManager(
+            checkpoint, tempfile.mkdtemp(prefix="groupbert-worker-checkpoints-"), max_to_keep=1)
+    latest = tf.train.latest_checkpoint(directory)
+    if latest:
+        checkpoint.restore(latest).assert_existing_objects_matched()
+        return manager, (f"Resumed training state from {latest} at step "
                          f"{int(model.optimizer.iterations.numpy())}")
     if init_checkpoint:
         path = (tf.train.latest_checkpoint(os.path.join(init_checkpoint, "checkpoints"))
@@ -107,16 +122,22 @@ def pretrain(config, settings: TrainingSettings, strategy, train_dataset_fn,
     callbacks = [
         training_callbacks.StepCheckpoint(manager, settings.checkpoint_every),
         throughput,
-        keras.callbacks.TensorBoard(os.path.join(settings.model_dir, "tensorboard"),
-                                    update_freq=settings.log_every),
     ]
-    if start_step < settings.train_steps:
-        # One epoch of exactly the remaining batches: step counts stay exact across resumes.
-        batches = (settings.train_steps - start_step) * settings.gradient_accumulation_steps
-        dataset = train_dataset_fn(start_step)
-        model.fit(dataset, epochs=1, steps_per_epoch=batches, callbacks=callbacks,
-                  verbose=settings.verbose)
-        throughput.report()
+    chief = _is_chief(strategy)
+    if chief:  # Other workers would write duplicate event files into the same folder.
+        callbacks.append(keras.callbacks.TensorBoard(
+            os.path.join(settings.model_dir, "tensorboard"), update_freq=settings.log_every))
+    try:
+        if start_step < settings.train_steps:
+            # One epoch of exactly the remaining batches: step counts stay exact across resumes.
+            batches = (settings.train_steps - start_step) * settings.gradient_accumulation_steps
+            dataset = train_dataset_fn(start_step)
+            model.fit(dataset, epochs=1, steps_per_epoch=batches, callbacks=callbacks,
+                      verbose=settings.verbose)
+            throughput.report()
+    finally:
+        if not chief:
+            shutil.rmtree(manager.directory, ignore_errors=True)
     results = None
     if validation_dataset is not None:
         results = model.evaluate(validation_dataset, return_dict=True, verbose=0)

@@ -54,22 +54,33 @@ class TransformerLayer(keras.layers.Layer):
                                   self.gelu_approximate, self.initializer_range, **common)
 
     def build(self, input_shape):
-        self.module_layers, self.norm_layers, self.dropout_layers = [], [], []
+        # Each sublayer is an attribute named after its module ('attention',
+        # 'attention_norm', ...): tf.train.Checkpoint does not see layers kept in a list.
         for name in self.module_names():
             module = self._make_module(name)
             module.build(input_shape)
             norm = keras.layers.LayerNormalization(epsilon=self.layer_norm_epsilon,
                                                    name=f"{name}_norm", dtype="float32")
             norm.build(input_shape)
-            self.module_layers.append(module)
-            self.norm_layers.append(norm)
-            self.dropout_layers.append(keras.layers.Dropout(self.hidden_dropout, dtype=self.dtype_policy))
+            setattr(self, name, module)
+            setattr(self, f"{name}_norm", norm)
+        self.dropout = keras.layers.Dropout(self.hidden_dropout, dtype=self.dtype_policy)
+
+    @property
+    def module_layers(self):
+        """The modules in execution order."""
+        return [getattr(self, name) for name in self.module_names()]
+
+    @property
+    def norm_layers(self):
+        """Each module's LayerNorm, in the same order."""
+        return [getattr(self, f"{name}_norm") for name in self.module_names()]
 
     def call(self, inputs, padding_mask, training=None, return_attention_probs=False):
         hidden = inputs
         attention_probs = None
-        for name, norm, module, dropout in zip(self.module_names(), self.norm_layers, self.module_layers,
-                                               self.dropout_layers):
+        for name in self.module_names():
+            module, norm = getattr(self, name), getattr(self, f"{name}_norm")
             module_input = norm(hidden) if self.norm_placement == "pre" else hidden
             if name == "attention":
                 module_output = module(module_input, padding_mask, training=training,
@@ -83,7 +94,7 @@ class TransformerLayer(keras.layers.Layer):
             # Post-norm leaves the residual stream in the float32 of its LayerNorm while the
             # modules compute in the policy's dtype (bfloat16 under mixed precision): add in the
             # residual stream's dtype instead of failing on a float32 + bfloat16 add.
-            hidden = hidden + ops.cast(dropout(module_output, training=training), hidden.dtype)
+            hidden = hidden + ops.cast(self.dropout(module_output, training=training), hidden.dtype)
             if self.norm_placement == "post":
                 hidden = norm(hidden)
         return (hidden, attention_probs) if return_attention_probs else hidden
