@@ -34,16 +34,24 @@ LOCAL = 3
 
 
 def load_encoder(model_dir, config):
-    import tensorflow as tf
-    from groupbert_tf.models.pretrainer import GroupBertPretrainer
+    """The trained encoder of a pareto run, restored the way `trainer.pretrain` resumes.
 
-    model = GroupBertPretrainer(config=config)
-    path = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
-    if path is None:
+    The model is built with its optimizer and the full training state is restored
+    (`assert_existing_objects_matched`): the trainer's checkpoints reach the encoder's variables
+    through the optimizer (`optimizer/_trainable_variables/...`), not under `model/encoder`, so a
+    weights-only `tf.train.Checkpoint(model=...)` restore would silently leave the encoder at its
+    random initialisation.
+    """
+    from training import trainer
+
+    settings = trainer.TrainingSettings(model_dir=model_dir, train_steps=1, global_batch_size=1, warmup_steps=0,
+                                        seq_length=1, max_predictions_per_seq=1)
+    model = trainer.build_model(config, settings)
+    manager, how = trainer.restore_or_initialize(model, model_dir)
+    if manager.latest_checkpoint is None:
         raise FileNotFoundError(f"No checkpoint in {model_dir}/checkpoints: run benchmarks.pareto "
                                 "train first")
-    tf.train.Checkpoint(model=model).restore(path).expect_partial()
-    return model.encoder, path
+    return model.encoder, manager.latest_checkpoint
 
 
 def attention_statistics(encoder, inputs, batch_size=32):

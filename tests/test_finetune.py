@@ -113,10 +113,10 @@ def test_tiny_classification_learns_a_separable_task(tmp_path):
     vocab = tmp_path / "vocab.txt"
     vocab.write_text("\n".join(CLASS_VOCAB) + "\n")
     settings = finetune.FinetuneSettings(
-        task="classification", train_file=_write_sentiment(tmp_path / "train.tsv", 128, 0),
+        task="classification", train_file=_write_sentiment(tmp_path / "train.tsv", 256, 0),
         eval_file=_write_sentiment(tmp_path / "dev.tsv", 40, 1), model_dir=str(tmp_path / "run"),
-        config=tiny_config(vocab_size=len(CLASS_VOCAB)), vocab=str(vocab), epochs=3,
-        batch_size=16, seq_length=12, learning_rate=2e-3, jit_compile=False, verbose=0,
+        config=tiny_config(vocab_size=len(CLASS_VOCAB)), vocab=str(vocab), epochs=2,
+        batch_size=16, seq_length=12, learning_rate=5e-3, jit_compile=False, verbose=0,
         export_dir=str(tmp_path / "export"))
     summary = finetune.run(settings)
     assert summary["labels"] == ["neg", "pos"]

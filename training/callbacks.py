@@ -11,7 +11,8 @@ from absl import logging
 class StepCheckpoint(keras.callbacks.Callback):
     """Saves the full training state every `every_steps` optimizer iterations.
 
-    A non-finite loss stops the run with an error before anything is saved, so the last
+    A non-finite loss, or non-finite weights at a save (an overflowing gradient leaves its
+    own step's loss finite), stop the run with an error before anything is saved, so the last
     checkpoint on disk is always a good one.
     """
 
@@ -57,7 +58,8 @@ class StepCheckpoint(keras.callbacks.Callback):
         # Save on crossing a multiple of `every_steps`: with steps_per_execution (or gradient
         # accumulation) the step seen here need not land on one.
         step = self._step()
-        if self._last_saved is None or step // self.every_steps > self._last_saved // self.every_steps:
+        last = self._last_saved
+        if last is None or step // self.every_steps > last // self.every_steps:
             self._save()
 
     def on_train_end(self, logs=None):

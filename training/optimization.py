@@ -131,11 +131,9 @@ class Lamb(CrossReplicaClipping, keras.optimizers.Lamb):
 def create_optimizer(name, learning_rate, weight_decay=0.01, beta_1=0.9, beta_2=0.999,
                      epsilon=1e-6, global_clipnorm=1.0, gradient_accumulation_steps=None):
     """`lamb` or `adamw` with the reference's hyper-parameters and exclusions."""
+    accumulate = gradient_accumulation_steps if (gradient_accumulation_steps or 0) > 1 else None
     common = dict(learning_rate=learning_rate, beta_1=beta_1, beta_2=beta_2, epsilon=epsilon,
-                  global_clipnorm=global_clipnorm,
-                  gradient_accumulation_steps=(gradient_accumulation_steps
-                                                   if gradient_accumulation_steps and gradient_accumulation_steps > 1
-                                                   else None))
+                  global_clipnorm=global_clipnorm, gradient_accumulation_steps=accumulate)
     if name == "lamb":
         return Lamb(weight_decay_rate=weight_decay, **common)
     if name == "adamw":

@@ -91,7 +91,12 @@ def restore_or_initialize(model, model_dir, init_checkpoint=None):
                 or tf.train.latest_checkpoint(init_checkpoint) or init_checkpoint)
         if not tf.io.gfile.exists(path + ".index"):
             raise FileNotFoundError(f"--init_checkpoint {init_checkpoint}: no checkpoint found")
-        tf.train.Checkpoint(model=model).restore(path).expect_partial()
+        # A compiled model's checkpoint dependencies include its optimizer: restore into a
+        # fresh, uncompiled model and copy the weights, so optimizer state and step stay new.
+        source = type(model)(config=model.config)
+        status = tf.train.Checkpoint(model=source).restore(path)
+        status.assert_existing_objects_matched().expect_partial()
+        model.set_weights(source.get_weights())
         return manager, f"Initialised weights only from {path} (optimizer state and step are new)"
     return manager, "Started from random initialisation"
 
@@ -131,7 +136,9 @@ def pretrain(config, settings: TrainingSettings, strategy, train_dataset_fn,
         if start_step < settings.train_steps:
             # One epoch of exactly the remaining batches: step counts stay exact across resumes.
             batches = (settings.train_steps - start_step) * settings.gradient_accumulation_steps
-            dataset = train_dataset_fn(start_step)
+            # `take`: Keras runs whole executions of `steps_per_execution` batches unless the
+            # data ends, which would overshoot `train_steps` when it does not divide it.
+            dataset = train_dataset_fn(start_step).take(batches)
             model.fit(dataset, epochs=1, steps_per_epoch=batches, callbacks=callbacks,
                       verbose=settings.verbose)
             throughput.report()
