@@ -41,11 +41,11 @@ import numpy as np
 
 SIZES = {
     # name: (layers, hidden); heads = hidden / 64, intermediate = 4 * hidden. `tiny` is the
-    # preset; `micro` and `small` are custom. (`mini`, 4 x 256, ran at ~14 s/step on the shared
-    # 2-core machine: too slow for the budget.)
+    # preset; `micro` and `small` are custom. `mini` (4 x 256) and a 3 x 192 `small` were too slow
+    # for the budget on the shared 2-core machine (docs/results.md).
     "micro": (1, 128),
     "tiny": (2, 128),
-    "small": (3, 192),
+    "small": (2, 192),
 }
 SIZE_ORDER = ("micro", "tiny", "small")
 

@@ -177,8 +177,10 @@ def _final_checkpoint_step(model_dir):
 
     path = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
     assert path, f"no checkpoint in {model_dir}"
-    return int(tf.train.load_checkpoint(path).get_tensor(
-        "optimizer/iterations/.ATTRIBUTES/VARIABLE_VALUE"))
+    reader = tf.train.load_checkpoint(path)
+    key = next(k for k in reader.get_variable_to_shape_map()
+               if k.startswith("optimizer/") and "iterations/" in k)
+    return int(reader.get_tensor(key))
 
 
 @pytest.mark.slow

@@ -71,15 +71,6 @@ def test_init_checkpoint_restores_encoder_and_sets_dropout(tmp_path):
     settings = finetune.FinetuneSettings(
         task="classification", train_file="", eval_file="", model_dir=str(tmp_path / "ft"),
         config=config, init_checkpoint=str(tmp_path / "run"))
-    reader = tf.train.load_checkpoint(manager.latest_checkpoint)
-    complete = any("transformer_layer" in key or "_operations/4" in key
-                   for key in reader.get_variable_to_shape_map())
-    if not complete:
-        # tf.train.Checkpoint does not see Keras 3 sub-layers kept in lists (the transformer
-        # layers' modules): such a checkpoint must be refused, not half-loaded.
-        with pytest.raises(ValueError, match="lacks .* encoder variables"):
-            finetune.build_encoder(settings)
-        pytest.xfail("pre-training checkpoints lack the transformer layers' variables")
     encoder, _, how = finetune.build_encoder(settings)
     assert "ckpt-7" in how and "weights only" in how
     assert encoder.config.hidden_dropout == 0.1 and encoder.config.attention_dropout == 0.1

@@ -107,3 +107,20 @@ def test_make_dataset_packs_pairs_and_maps_labels(tmp_path):
     assert list(ids) == [2, 8, 5, 7, 3, 12, 13, 6, 11, 3, 0, 0]
     assert list(x["segment_ids"].numpy()[0]) == [0] * 5 + [1] * 5 + [0, 0]
     assert list(x["padding_mask"].numpy()[0]) == [1] * 10 + [0, 0]
+
+
+def test_sentiment_snippets_binarised_at_zero_and_split_reproducibly(tmp_path):
+    from training import sentiment_data
+    raw = ("id\tsentiment\ttext\n1\t2.5\tA fine film.\n2\t0\tNeither.\n"
+           "3\t-1.2\tA caf\xe9 bore.\n4\t0.1\tOkay  then.\n").encode("latin-1")
+    rows = sentiment_data.parse_snippets(raw)
+    assert rows == [("A fine film.", 1), ("A caf\u00e9 bore.", 0), ("Okay then.", 1)]
+    many = [(f"s{i}", i % 2) for i in range(100)]
+    train, dev = sentiment_data.split(many)
+    assert (len(train), len(dev)) == (90, 10)
+    assert sentiment_data.split(many) == (train, dev)
+    assert sorted(train + dev) == sorted(many)
+    path = tmp_path / "train.tsv"
+    sentiment_data._write_tsv(str(path), rows)
+    examples = glue_data.read_examples(str(path))
+    assert [(e.text_a, e.label) for e in examples] == [(s, str(l)) for s, l in rows]
