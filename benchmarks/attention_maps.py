@@ -11,6 +11,7 @@ keys with padding_mask = 1):
                query (diagonal included); `uniform` is the same for uniform attention over the
                real keys, as a reference for how local "no preference" is
   self mass    the mass on the query's own position
+  special mass the mass on [CLS] and [SEP] keys (a "no-op" sink)
 
 and draws:
   docs/figures/attention_relative_position.png   the profile, BERT vs GroupBERT, per size
@@ -31,6 +32,7 @@ from benchmarks import pareto
 
 MAX_OFFSET = 16
 LOCAL = 3
+SPECIAL_IDS = (101, 102)  # [CLS], [SEP] in the bert-base-uncased vocab
 
 
 def load_encoder(model_dir, config):
@@ -61,7 +63,7 @@ def attention_statistics(encoder, inputs, batch_size=32):
     offsets = np.arange(-MAX_OFFSET, MAX_OFFSET + 1)
     prob_sum = np.zeros(len(offsets))
     pair_count = np.zeros(len(offsets))
-    local_sum = self_sum = uniform_sum = rows = 0.0
+    local_sum = self_sum = uniform_sum = special_sum = rows = 0.0
     per_layer_local = None
     first_maps = None
     idx = np.arange(s)
@@ -85,6 +87,8 @@ def attention_statistics(encoder, inputs, batch_size=32):
         local = (probs * (band[None] & pair)[:, None, None]).sum(-1)  # [B, L, H, S]
         diag = np.einsum("blhii->blhi", probs)
         qmask = query[:, None, None, :]
+        special = np.isin(batch["token_ids"], SPECIAL_IDS) & mask  # [B, Sk] [CLS] / [SEP]
+        special_sum += ((probs * special[:, None, None, None, :]).sum(-1) * qmask).sum()
         local_sum += (local * qmask).sum()
         self_sum += (diag * qmask).sum()
         layer_local = (local * qmask).sum(axis=(0, 2, 3))
@@ -99,6 +103,7 @@ def attention_statistics(encoder, inputs, batch_size=32):
         "profile": (prob_sum / np.maximum(pair_count, 1)).tolist(),
         "local_mass": local_sum / rows,
         "self_mass": self_sum / rows,
+        "special_token_mass": special_sum / rows,
         "uniform_local_mass": uniform_sum / rows,
         "local_mass_per_layer": (per_layer_local / per_layer_rows).tolist(),
         "sequences": int(n),
@@ -139,7 +144,8 @@ def main(argv=None):
             st = stats[run.name]
             st.update(family=family, size=size, checkpoint=path)
             print(f"{run.name}: mass within +-{LOCAL}: {st['local_mass']:.3f} (uniform "
-                  f"{st['uniform_local_mass']:.3f}), self {st['self_mass']:.3f}, per layer "
+                  f"{st['uniform_local_mass']:.3f}), self {st['self_mass']:.3f}, [CLS]/[SEP] "
+                  f"{st['special_token_mass']:.3f}, per layer "
                   f"{[round(x, 3) for x in st['local_mass_per_layer']]}", flush=True)
     with open(args.output_json, "w") as f:
         json.dump(stats, f, indent=2)
@@ -160,8 +166,8 @@ def main(argv=None):
         ax.set_ylabel("mean attention probability")
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
-    fig.suptitle("Attention by relative position (real tokens, mean over heads, layers and "
-                 f"{len(inputs['token_ids'])} validation sequences)", fontsize=10)
+    fig.suptitle("Attention by relative position (real tokens; mean over heads, layers, "
+                 f"{len(inputs['token_ids'])} validation sequences)", fontsize=9)
     fig.tight_layout()
     path = os.path.join(args.figures, "attention_relative_position.png")
     fig.savefig(path, dpi=120)

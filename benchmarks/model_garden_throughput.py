@@ -47,6 +47,8 @@ class ModelGardenPretrainer(tf_keras.Model):
             inner_activation=lambda x: tf.nn.gelu(x, approximate=True),
             output_dropout=config.hidden_dropout, attention_dropout=config.attention_dropout,
             initializer=init)
+        dummy = tf.zeros((1, 4), tf.int32)  # builds the embedding table the MLM head ties to
+        self.encoder({"input_word_ids": dummy, "input_mask": dummy, "input_type_ids": dummy})
         self.mlm = nlp_layers.MaskedLM(embedding_table=self.encoder.get_embedding_table(),
                                        activation=lambda x: tf.nn.gelu(x, approximate=True),
                                        initializer=init, output="logits")

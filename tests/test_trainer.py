@@ -81,7 +81,7 @@ def test_mlm_loss_falls_on_real_text(wiki_subset, tmp_path):
     keras.utils.set_random_seed(0)
     steps = 40
     settings = _settings(tmp_path, train_steps=steps, global_batch_size=16,
-                         learning_rate=0.02, warmup_steps=5)
+                         learning_rate=0.04, warmup_steps=5)
     model = trainer.build_model(small_config(), settings)
     # One step per epoch: each epoch's logged loss is that one batch's loss.
     history = model.fit(_dataset(wiki_subset, 16), epochs=steps, steps_per_epoch=1, verbose=0)
