@@ -302,8 +302,6 @@ def _interp_flops_at_loss(points, target):
         if (l0 - target) * (l1 - target) <= 0 and l0 != l1:
             t = (l0 - target) / (l0 - l1)
             return math.exp(math.log(f0) + t * (math.log(f1) - math.log(f0)))
-    if points and points[0][1] <= target:
-        return points[0][0]  # Already below at the smallest size: an upper bound.
     return None
 
 
@@ -319,6 +317,9 @@ def targets(results):
             continue
         gb, bert = main[("groupbert", size)], main[("bert", larger)]
         needed = _interp_flops_at_loss(gb_points, _loss(bert))
+        bound = needed is None and gb_points and min(gb_points)[1] <= _loss(bert)
+        if bound:  # Even the smallest GroupBERT is below: its FLOPs are an upper bound.
+            needed = min(gb_points)[0]
         rows.append({
             "groupbert": f"groupbert-{size}", "bert": f"bert-{larger}",
             "groupbert_loss": _loss(gb), "bert_loss": _loss(bert),
@@ -327,22 +328,40 @@ def targets(results):
             "holds": _loss(gb) <= _loss(bert) and gb["training_flops"] <= 0.5 * bert["training_flops"],
             "groupbert_flops_to_match": needed,
             "flops_ratio_to_match": needed / bert["training_flops"] if needed else None,
+            "flops_to_match_is_upper_bound": bool(bound),
         })
     return rows
+
+
+def unigram_baseline(args):
+    """Cross-entropy of the training split's unigram distribution on the validation masked tokens:
+    the loss of a model that ignores context (add-0.01 smoothing; special tokens excluded)."""
+    arrays = np.load(data_path(args))
+    tokens = arrays["train_token_ids"][arrays["train_padding_mask"] == 1]
+    counts = np.bincount(tokens, minlength=int(tokens.max()) + 1).astype(np.float64)
+    counts[[0, 100, 101, 102, 103]] = 0  # [PAD] [UNK] [CLS] [SEP] [MASK] (bert-base-uncased)
+    ids, weights = arrays["val_masked_lm_ids"], arrays["val_masked_lm_weights"]
+    size = max(counts.size, int(ids.max()) + 1)
+    counts = np.pad(counts, (0, size - counts.size)) + 0.01
+    log_p = np.log(counts / counts.sum())
+    return float(-(log_p[ids] * weights).sum() / weights.sum())
 
 
 def plot(args, results):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     os.makedirs(args.figures, exist_ok=True)
     main = [r for r in results if r["group"] == "main"]
     styles = {"bert": ("tab:blue", "o", "BERT (post-norm, dropout 0.1)"),
               "groupbert": ("tab:red", "s", "GroupBERT (pre-norm, no dropout)")}
+    unigram = unigram_baseline(args)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for ax, key, xlabel in ((axes[0], "training_flops", "training FLOPs"),
-                            (axes[1], "wall_seconds", "wall-clock seconds (this 2-core CPU, shared)")):
+                            (axes[1], "wall_seconds",
+                             "wall-clock s per run (shared 2-core CPU, 4-5 runs at once: noisy)")):
         for family, (color, marker, label) in styles.items():
             rows = sorted((r for r in main if r["family"] == family),
                           key=lambda r: SIZE_ORDER.index(r["size"]))
@@ -353,11 +372,14 @@ def plot(args, results):
             for r, x, y in zip(rows, xs, ys):
                 ax.annotate(r["size"], (x, y), textcoords="offset points", xytext=(4, 4),
                             fontsize=8, color=color)
+        ax.axhline(unigram, color="grey", linestyle="--", linewidth=1,
+                   label=f"unigram (no context): {unigram:.3f}")
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel(xlabel)
         ax.set_ylabel("validation MLM loss")
         ax.grid(True, which="both", alpha=0.3)
-    axes[0].legend()
+    axes[0].legend(fontsize=8)
     if main:
         r0 = main[0]
         fig.suptitle(f"Pre-training, Wikipedia leads, seq {r0['seq_length']}, batch "
@@ -379,7 +401,9 @@ def plot(args, results):
             ax.scatter(r["training_flops"], _loss(r), color=color)
             ax.annotate(f"{label} (lr {r['learning_rate']:g})", (r["training_flops"], _loss(r)),
                         textcoords="offset points", xytext=(5, 3), fontsize=8)
+        ax.axhline(unigram, color="grey", linestyle="--", linewidth=1, label="unigram")
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel("training FLOPs")
         ax.set_ylabel("validation MLM loss")
         ax.set_title(f"Ablation at {ABLATION_SIZE}: BERT + one enhancement each")
@@ -405,11 +429,13 @@ def markdown(results):
             + (" diverged |" if r.get("diverged") else ""))
     lines.append("")
     lines.append("| GroupBERT | next-larger BERT | GB loss | BERT loss | FLOPs ratio GB/BERT | "
-                 "GB reaches BERT loss | target (<= 0.5x FLOPs) | GB FLOPs to match (interp.) / "
-                 "BERT FLOPs |")
+                 "GB reaches BERT loss | target (<= 0.5x FLOPs) | GroupBERT FLOPs to match "
+                 "(log-interp. on the GB curve) / BERT FLOPs |")
     lines.append("|---|---|---:|---:|---:|---|---|---:|")
     for t in targets(results):
         ratio = f"{t['flops_ratio_to_match']:.2f}" if t["flops_ratio_to_match"] else "not reached"
+        if t["flops_to_match_is_upper_bound"]:
+            ratio = "<= " + ratio + " (smallest GroupBERT already lower)"
         lines.append(f"| `{t['groupbert']}` | `{t['bert']}` | {t['groupbert_loss']:.4f} | "
                      f"{t['bert_loss']:.4f} | {t['flops_ratio']:.2f} | "
                      f"{'yes' if t['reaches'] else 'no'} | {'holds' if t['holds'] else 'missed'} | "
@@ -419,11 +445,13 @@ def markdown(results):
 
 def report(args):
     results = load_results(args)
-    out = {"results": results, "targets": targets(results)}
+    out = {"results": results, "targets": targets(results),
+           "unigram_validation_mlm_loss": unigram_baseline(args)}
     os.makedirs(os.path.dirname(args.results_json) or ".", exist_ok=True)
     with open(args.results_json, "w") as f:
         json.dump(out, f, indent=2)
-    print(f"wrote {args.results_json} ({len(results)} runs)")
+    print(f"wrote {args.results_json} ({len(results)} runs); unigram baseline "
+          f"{out['unigram_validation_mlm_loss']:.4f}")
     print(markdown(results))
     plot(args, results)
 

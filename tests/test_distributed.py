@@ -30,6 +30,10 @@ TINY = {"num_layers": 1, "hidden_size": 64, "num_heads": 1, "intermediate_size":
 # well under the 1e-5 tolerance (measured: 4e-6 after one step at lr 5e-3).
 LEARNING_RATE = 1e-3
 TOLERANCE = 1e-5
+# Over the 8 steps of the kill/resume run, float32 summation-order noise between 2 workers and
+# 1 process grows past 1e-5 (measured 2.2e-5; 3 steps stay at 3e-6): the optimizer divides
+# near-zero LayerNorm/bias gradients by sqrt(v) + 1e-6, which amplifies rounding.
+RESUME_TOLERANCE = 1e-4
 RUN_TIMEOUT_S = 420
 
 # Runs training.pretrain as __main__; saves the trained weights to $WEIGHTS_OUT, and with
@@ -271,4 +275,4 @@ def test_multi_worker_resumes_after_a_worker_is_killed(records, tmp_path):
     assert resumed and 0 < resumed[0] < steps, second[0].tail()
     assert _final_checkpoint_step(model_dir) == steps
     assert _max_difference(second[0].load_weights(), second[1].load_weights()) == 0.0
-    assert _max_difference(second[0].load_weights(), single.load_weights()) <= TOLERANCE
+    assert _max_difference(second[0].load_weights(), single.load_weights()) <= RESUME_TOLERANCE
