@@ -5,11 +5,12 @@ group size g=16, so N/g groups) over [batch, seq, N]. This compares formulations
 (output plus gradients w.r.t. input and kernel, for a random output cotangent), each in a
 `tf.function(jit_compile=True)`:
 
-  stacked          the library's `grouped_conv1d`: stack the K shifted views,
-                   one einsum('bskgi,kigo->bsgo')
+  stacked          stack the K shifted views, one einsum('bskgi,kigo->bsgo') (the library's
+                   first form)
   stacked_gmajor   same, but taps stacked next to the in-group axis: einsum('bsgki,kigo->bsgo')
   per_tap          sum over k of einsum('bsgi,igo->bsgo') on the k-th shifted slice
-  group_batched    explicit group-major layout: [G, B*S, K*g] @ [G, K*g, g] batched matmul
+  group_batched    the library's `grouped_conv1d` (fastest here, so adopted): group-major
+                   layout, [G, B*S, K*g] @ [G, K*g, g] batched matmul
   stacked_custom_grad  `stacked` forward; hand-written backward: dx = the same op on the
                    cotangent with the flipped, in/out-transposed kernel, dW = one einsum
   block_diagonal   taps [B*S, K*N] @ block-diagonal dense kernel [K*N, N] (N/g times the FLOPs)
@@ -42,7 +43,14 @@ def _pad(inputs, kernel_size):
 
 
 def stacked(inputs, kernel, groups):
-    return grouped_conv1d(inputs, kernel, groups)
+    kernel_size, group_in, channels = kernel.shape
+    batch, seq = tf.shape(inputs)[0], tf.shape(inputs)[1]
+    padded = _pad(inputs, kernel_size)
+    taps = tf.stack([padded[:, k:k + seq] for k in range(kernel_size)], axis=2)  # b s k n
+    taps = tf.reshape(taps, (batch, seq, kernel_size, groups, group_in))
+    grouped_kernel = tf.reshape(kernel, (kernel_size, group_in, groups, channels // groups))
+    outputs = tf.einsum("bskgi,kigo->bsgo", taps, grouped_kernel)
+    return tf.reshape(outputs, tf.shape(inputs))
 
 
 def stacked_gmajor(inputs, kernel, groups):
@@ -67,19 +75,7 @@ def per_tap(inputs, kernel, groups):
 
 
 def group_batched(inputs, kernel, groups):
-    kernel_size, group_in, channels = kernel.shape
-    group_out = channels // groups
-    batch, seq = tf.shape(inputs)[0], tf.shape(inputs)[1]
-    padded = tf.reshape(_pad(inputs, kernel_size), (batch, -1, groups, group_in))
-    padded = tf.transpose(padded, (2, 0, 1, 3))  # g b s i
-    taps = tf.stack([padded[:, :, k:k + seq] for k in range(kernel_size)], axis=3)  # g b s k i
-    taps = tf.reshape(taps, (groups, -1, kernel_size * group_in))
-    grouped_kernel = tf.reshape(kernel, (kernel_size, group_in, groups, group_out))
-    grouped_kernel = tf.reshape(tf.transpose(grouped_kernel, (2, 0, 1, 3)),
-                                (groups, kernel_size * group_in, group_out))
-    outputs = tf.matmul(taps, grouped_kernel)  # g (b s) o
-    outputs = tf.transpose(tf.reshape(outputs, (groups, batch, seq, group_out)), (1, 2, 0, 3))
-    return tf.reshape(outputs, tf.shape(inputs))
+    return grouped_conv1d(inputs, kernel, groups)
 
 
 def _transposed_kernel(kernel, groups):
