@@ -138,6 +138,22 @@ class GroupBertConfig:
             raise ValueError(f"Unknown preset {name!r}; choose one of {sorted(PRESETS)}")
         return cls.from_dict({**PRESETS[name], **overrides})
 
+    @classmethod
+    def load(cls, name_or_path: str) -> "GroupBertConfig":
+        """A preset name or a JSON file (e.g. a run's config.json); errors name the file."""
+        if name_or_path in PRESETS:
+            return cls.from_preset(name_or_path)
+        try:
+            with open(name_or_path) as f:
+                text = f.read()
+        except OSError as error:
+            raise ValueError(f"{name_or_path!r} is neither a preset ({sorted(PRESETS)}) nor a "
+                             f"readable JSON file: {error}") from error
+        try:
+            return cls.from_json(text)
+        except ValueError as error:
+            raise ValueError(f"{name_or_path}: {error}") from error
+
 
 def _require(condition: bool, field: str, message: str):
     if not condition:

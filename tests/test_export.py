@@ -305,8 +305,8 @@ def test_cli_restores_checkpoint_and_exports(tmp_path, vocab, monkeypatch):
     assert path.endswith("ckpt-1")
     for a, b in zip(model.weights, restored.weights):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    with pytest.raises(FileNotFoundError, match="No checkpoint"):
-        export_cli.find_checkpoint(str(tmp_path / "empty"))
+    with pytest.raises(FileNotFoundError, match="--model_dir .*empty: no checkpoint"):
+        export_cli.restore_model("pretraining", config, str(tmp_path / "empty"))
     with pytest.raises(ValueError, match="--task must be one of"):
         export_cli.restore_model("translation", config, str(tmp_path / "run"))
     # The export itself is the library function tested above.

@@ -20,27 +20,15 @@ import tensorflow as tf
 from absl import app, flags, logging
 
 from groupbert_tf import export
-from groupbert_tf.config import PRESETS, GroupBertConfig
+from groupbert_tf.config import GroupBertConfig
+from training import trainer
 
 FLAGS = flags.FLAGS
 
 
-def load_config(name_or_path) -> GroupBertConfig:
-    """A preset name or a GroupBertConfig JSON file (e.g. `<model_dir>/config.json`)."""
-    if name_or_path in PRESETS:
-        return GroupBertConfig.from_preset(name_or_path)
-    try:
-        with open(name_or_path) as f:
-            return GroupBertConfig.from_json(f.read())
-    except OSError as error:
-        raise ValueError(f"--config {name_or_path!r} is neither a preset ({sorted(PRESETS)}) "
-                         f"nor a readable JSON file: {error}") from error
-
-
 def _pretraining_model(config, model_dir):
     del model_dir
-    from training.trainer import PretrainingModel  # pylint: disable=import-outside-toplevel
-    return PretrainingModel(config=config)
+    return trainer.PretrainingModel(config=config)
 
 
 def _num_labels(model_dir):
@@ -79,31 +67,14 @@ def register_task_model(name, builder, output_task):
     TASK_MODEL_BUILDERS[name] = (builder, output_task)
 
 
-def find_checkpoint(model_dir, checkpoint=None):
-    """`checkpoint` if given, else the newest in `<model_dir>/checkpoints`, else
-    `<model_dir>/best` (training.finetune's best epoch)."""
-    if checkpoint:
-        path = tf.train.latest_checkpoint(checkpoint) or checkpoint
-        if not tf.io.gfile.exists(path + ".index"):
-            raise FileNotFoundError(f"--checkpoint {checkpoint}: no checkpoint found")
-        return path
-    path = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
-    if path:
-        return path
-    best = os.path.join(model_dir, "best")
-    if tf.io.gfile.exists(best + ".index"):
-        return best
-    raise FileNotFoundError(f"No checkpoint in {os.path.join(model_dir, 'checkpoints')} "
-                            f"(nor {best})")
-
-
 def restore_model(task, config, model_dir, checkpoint=None):
     """Builds the task's model and restores its weights; returns (model, checkpoint path)."""
     if task not in TASK_MODEL_BUILDERS:
         raise ValueError(f"--task must be one of {sorted(TASK_MODEL_BUILDERS)}, got {task!r}")
     builder, _ = TASK_MODEL_BUILDERS[task]
     model = builder(config, model_dir)
-    path = find_checkpoint(model_dir, checkpoint)
+    path = trainer.find_checkpoint(checkpoint or model_dir,
+                                   "--checkpoint" if checkpoint else "--model_dir")
     status = tf.train.Checkpoint(model=model).restore(path).expect_partial()
     # Every model variable must come from the checkpoint (optimizer state may be skipped).
     status.assert_existing_objects_matched()
@@ -114,7 +85,7 @@ def export_from_checkpoint(model_dir, config, task, export_dir, vocab=None, seq_
                            version=None, checkpoint=None, lower_case=True):
     """Restores a checkpoint and exports it; returns the version folder written."""
     from training import data  # pylint: disable=import-outside-toplevel
-    config = load_config(config) if not isinstance(config, GroupBertConfig) else config
+    config = config if isinstance(config, GroupBertConfig) else GroupBertConfig.load(config)
     model, path = restore_model(task, config, model_dir, checkpoint)
     logging.info("Restored weights from %s", path)
     vocab = vocab or data.default_vocab_path()

@@ -30,13 +30,12 @@ import numpy as np
 import tensorflow as tf
 from absl import app, flags, logging
 
-from groupbert_tf.config import PRESETS, GroupBertConfig
 from groupbert_tf.models.classifier import GroupBertClassifier
-from groupbert_tf.models.encoder import GroupBertEncoder
+from groupbert_tf.models.encoder import GroupBertEncoder, as_config
 from groupbert_tf.models.span_labeler import GroupBertSpanLabeler
 from groupbert_tf.tokenization import BertTokenizer
 from training import data as data_lib
-from training import glue_data, squad_data
+from training import glue_data, squad_data, trainer
 from training.optimization import WarmupPolynomialDecay, create_optimizer
 from training.train_step import XlaGradientsTrainStep
 
@@ -91,30 +90,6 @@ class FinetuneSettings:
     verbose: int = 1
 
 
-def load_config(config) -> GroupBertConfig:
-    if isinstance(config, GroupBertConfig):
-        return config
-    if config in PRESETS:
-        return GroupBertConfig.from_preset(config)
-    try:
-        with open(config) as f:
-            return GroupBertConfig.from_json(f.read())
-    except OSError as error:
-        raise ValueError(f"--config {config!r} is neither a preset ({sorted(PRESETS)}) nor a "
-                         f"readable JSON file: {error}") from error
-
-
-def _find_checkpoint(directory):
-    path = (tf.train.latest_checkpoint(os.path.join(directory, "checkpoints"))
-            or tf.train.latest_checkpoint(directory))
-    if path is None and tf.io.gfile.exists(directory + ".index"):
-        path = directory
-    if path is None:
-        raise FileNotFoundError(f"--init_checkpoint {directory}: no checkpoint in "
-                                f"{os.path.join(directory, 'checkpoints')} or {directory}")
-    return path
-
-
 def _with_dropout(encoder, rate):
     """The same encoder (same weights) with hidden and attention dropout set to `rate`."""
     config = encoder.config
@@ -137,12 +112,11 @@ def build_encoder(settings: FinetuneSettings):
         how = f"Initialised encoder weights from the Hugging Face BERT in {settings.init_hf_bert}"
         return encoder, vocab, how
     vocab = settings.vocab or data_lib.default_vocab_path()
-    config = load_config(settings.config).replace(hidden_dropout=settings.dropout,
+    config = as_config(settings.config).replace(hidden_dropout=settings.dropout,
                                                   attention_dropout=settings.dropout)
     if settings.init_checkpoint:
-        from training.trainer import PretrainingModel  # pylint: disable=import-outside-toplevel
-        path = _find_checkpoint(settings.init_checkpoint)
-        pretrainer = PretrainingModel(config=config)
+        path = trainer.find_checkpoint(settings.init_checkpoint)
+        pretrainer = trainer.PretrainingModel(config=config)
         encoder_variables = pretrainer.encoder.weights
         # NaN sentinels: a variable the checkpoint does not restore stays NaN, and is caught
         # below (tf.train.Checkpoint silently skips objects it cannot see).
@@ -176,8 +150,9 @@ class BestCheckpoint(keras.callbacks.Callback):
 
     @property
     def prefix(self):
-        # Keras' own weights format: tf.train.Checkpoint does not see layers kept in lists.
-        return os.path.join(self.directory, "best.weights.h5")
+        # A tf.train.Checkpoint prefix, so `python -m training.export` and
+        # `--init_checkpoint` find it (training.trainer.find_checkpoint).
+        return os.path.join(self.directory, "best")
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
@@ -189,7 +164,7 @@ class BestCheckpoint(keras.callbacks.Callback):
         if value > self.best:
             self.best, self.best_epoch = value, epoch + 1
             tf.io.gfile.makedirs(self.directory)
-            self.model.save_weights(self.prefix, overwrite=True)
+            tf.train.Checkpoint(model=self.model).write(self.prefix)
             with open(os.path.join(self.directory, "best.json"), "w") as f:
                 json.dump(record, f, indent=2)
             logging.info("Epoch %d: %s = %.4f, the best so far: saved to %s", epoch + 1,
@@ -200,7 +175,7 @@ class BestCheckpoint(keras.callbacks.Callback):
 
     def restore_best(self):
         if self.best_epoch is not None:
-            self.model.load_weights(self.prefix)
+            tf.train.Checkpoint(model=self.model).read(self.prefix).expect_partial()
 
 
 class SpanEvaluation(keras.callbacks.Callback):

@@ -14,7 +14,7 @@ import keras
 from absl import app, flags, logging
 
 from groupbert_tf import export  # noqa: F401  (written next)
-from groupbert_tf.config import PRESETS, GroupBertConfig
+from groupbert_tf.config import GroupBertConfig
 from training import data, pretraining_data, tfrecord, trainer
 from training import strategy as strategy_lib
 
@@ -89,20 +89,11 @@ def apply_overrides(path):
 
 
 def load_config(name_or_path, overrides, overrides_path=None):
-    """A preset or a JSON file, then the overrides; errors name the file and the field."""
-    if name_or_path in PRESETS:
-        config = GroupBertConfig.from_preset(name_or_path)
-    else:
-        try:
-            with open(name_or_path) as f:
-                text = f.read()
-        except OSError as error:
-            raise ValueError(f"--config {name_or_path!r} is neither a preset "
-                             f"({sorted(PRESETS)}) nor a readable JSON file: {error}") from error
-        try:
-            config = GroupBertConfig.from_json(text)
-        except ValueError as error:
-            raise ValueError(f"--config {name_or_path}: {error}") from error
+    """A preset or a JSON file, then the overrides; errors name the flag, file and field."""
+    try:
+        config = GroupBertConfig.load(name_or_path)
+    except ValueError as error:
+        raise ValueError(f"--config {error}") from error
     try:
         return config.replace(**overrides)
     except ValueError as error:

@@ -66,6 +66,23 @@ def _is_chief(strategy):
     return strategy.extended.should_checkpoint
 
 
+BEST_CHECKPOINT = os.path.join("best", "best")
+
+
+def find_checkpoint(path, flag="--init_checkpoint"):
+    """The checkpoint a run folder holds, as a prefix.
+
+    In order: the newest in `<path>/checkpoints` (pre-training), fine-tuning's best epoch
+    `<path>/best/best`, the newest in `<path>`, or `path` itself as a prefix.
+    """
+    for candidate in (tf.train.latest_checkpoint(os.path.join(path, "checkpoints")),
+                      os.path.join(path, BEST_CHECKPOINT), tf.train.latest_checkpoint(path), path):
+        if candidate and tf.io.gfile.exists(candidate + ".index"):
+            return candidate
+    raise FileNotFoundError(f"{flag} {path}: no checkpoint in {os.path.join(path, 'checkpoints')}, "
+                            f"{os.path.join(path, 'best')} or {path}")
+
+
 def restore_or_initialize(model, model_dir, init_checkpoint=None):
     """Resumes the full state from `model_dir`, else loads weights from `init_checkpoint`.
 
@@ -87,10 +104,7 @@ def restore_or_initialize(model, model_dir, init_checkpoint=None):
         return manager, (f"Resumed training state from {latest} at step "
                          f"{int(model.optimizer.iterations.numpy())}")
     if init_checkpoint:
-        path = (tf.train.latest_checkpoint(os.path.join(init_checkpoint, "checkpoints"))
-                or tf.train.latest_checkpoint(init_checkpoint) or init_checkpoint)
-        if not tf.io.gfile.exists(path + ".index"):
-            raise FileNotFoundError(f"--init_checkpoint {init_checkpoint}: no checkpoint found")
+        path = find_checkpoint(init_checkpoint)
         # A compiled model's checkpoint dependencies include its optimizer: restore into a
         # fresh, uncompiled model and copy the weights, so optimizer state and step stay new.
         source = type(model)(config=model.config)

@@ -11,11 +11,11 @@ from groupbert_tf.layers.initializers import truncated_normal
 
 
 def as_config(config) -> GroupBertConfig:
-    """Accepts a GroupBertConfig, a preset name or a dict of fields."""
+    """Accepts a GroupBertConfig, a preset name, a JSON file or a dict of fields."""
     if isinstance(config, GroupBertConfig):
         return config
     if isinstance(config, str):
-        return GroupBertConfig.from_preset(config)
+        return GroupBertConfig.load(config)
     if isinstance(config, dict):
         return GroupBertConfig.from_dict(config)
     raise ValueError(f"config must be a GroupBertConfig, a preset name or a dict, got {config!r}")
