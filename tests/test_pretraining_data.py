@@ -202,3 +202,11 @@ def test_pretraining_dataset_errors(small_corpus):
         pd.pretraining_dataset(small_corpus, vocab, 8, split="test")
     with pytest.raises(ValueError, match="fewer than batch_size=1000"):
         pd.pretraining_dataset(small_corpus, vocab, 1000, split="validation")
+
+
+def test_split_documents_with_zero_fraction_holds_out_nothing():
+    docs = [[f"doc {i} sentence."] for i in range(5)]
+    train, val = pd.split_documents(docs, 0.0)
+    assert train == docs and val == []
+    with pytest.raises(ValueError, match="validation_fraction must be in"):
+        pd.split_documents(docs, 1.0)

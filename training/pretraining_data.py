@@ -100,12 +100,15 @@ def split_documents(documents, validation_fraction=0.01):
     Documents are ranked by the MD5 of their text; the first
     `max(2, round(fraction * n))` are held out. The split depends on content
     only, not on file order, and validation has the 2 documents NSP needs.
+    A fraction of 0 trains on every document and holds out none.
 
     Returns:
       (train_documents, validation_documents).
     """
-    if not 0 < validation_fraction < 1:
-        raise ValueError(f"validation_fraction must be in (0, 1), got {validation_fraction}")
+    if not 0 <= validation_fraction < 1:
+        raise ValueError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
+    if validation_fraction == 0:
+        return list(documents), []
     n_val = max(2, round(validation_fraction * len(documents)))
     if len(documents) - n_val < 2:
         raise ValueError(
