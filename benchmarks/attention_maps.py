@@ -39,10 +39,9 @@ def load_encoder(model_dir, config):
     """The trained encoder of a pareto run, restored the way `trainer.pretrain` resumes.
 
     The model is built with its optimizer and the full training state is restored
-    (`assert_existing_objects_matched`): the trainer's checkpoints reach the encoder's variables
-    through the optimizer (`optimizer/_trainable_variables/...`), not under `model/encoder`, so a
-    weights-only `tf.train.Checkpoint(model=...)` restore would silently leave the encoder at its
-    random initialisation.
+    (`assert_existing_objects_matched`). Checkpoints written before commit 4f458fe reach the
+    encoder's variables only through the optimizer (`optimizer/_trainable_variables/...`), not
+    under `model/encoder`; restoring model and optimizer together reads both layouts.
     """
     from training import trainer
 
@@ -190,8 +189,7 @@ def main(argv=None):
                 ax.set_xticks([])
                 ax.set_yticks([])
                 ax.set_title(f"{name}-{size}, seq {e}, layer {layer + 1}", fontsize=8)
-    fig.suptitle("Head-averaged attention maps (rows: queries, columns: keys; real tokens only)",
-                 fontsize=10)
+    fig.suptitle("Head-averaged attention\n(rows: queries, cols: keys; real tokens)", fontsize=9)
     fig.tight_layout()
     path = os.path.join(args.figures, "attention_maps.png")
     fig.savefig(path, dpi=110)
