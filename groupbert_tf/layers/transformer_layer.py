@@ -55,7 +55,7 @@ class TransformerLayer(keras.layers.Layer):
 
     def build(self, input_shape):
         # Each sublayer is an attribute named after its module ('attention',
-        # 'attention_norm', ...): tf.train.Checkpoint does not see layers kept in a list.
+        # 'attention_norm', ...): TensorFlow checkpoints do not see layers kept in a list.
         for name in self.module_names():
             module = self._make_module(name)
             module.build(input_shape)
