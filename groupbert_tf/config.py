@@ -147,8 +147,8 @@ class GroupBertConfig:
             with open(name_or_path) as f:
                 text = f.read()
         except OSError as error:
-            raise ValueError(f"{name_or_path!r} is neither a preset ({sorted(PRESETS)}) nor a "
-                             f"readable JSON file: {error}") from error
+            raise ValueError(f"Unknown preset {name_or_path!r} and not a readable JSON file "
+                             f"({error}); presets: {sorted(PRESETS)}") from error
         try:
             return cls.from_json(text)
         except ValueError as error:

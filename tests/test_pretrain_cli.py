@@ -41,7 +41,7 @@ def _cases(tmp):
                     mode="wb")
     return {
         "unknown_preset": (["--config", "groupbert-huge"],
-                           ["groupbert-huge", "neither a preset"]),
+                           ["Unknown preset 'groupbert-huge' and not a readable JSON file"]),
         "invalid_json_config": (["--config", bad_json], [bad_json, "not valid JSON"]),
         "unknown_config_key": (["--config", bad_key], [bad_key, "hidden_sise"]),
         "overrides_bad_value": (["--overrides", overrides_bad_value],
