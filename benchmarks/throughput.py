@@ -34,8 +34,6 @@ import statistics
 import sys
 import time
 
-ENCODER_INPUTS = ("token_ids", "segment_ids", "padding_mask")
-
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -105,6 +103,8 @@ def make_keras_hub_pretrainer(config):
     import keras
     import keras_hub
     from keras_hub.src.utils.keras_utils import gelu_approximate
+
+    from groupbert_tf.models.encoder import ENCODER_INPUTS
 
     class KerasHubBertPretrainer(keras.Model):
         def __init__(self, **kwargs):

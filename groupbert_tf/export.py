@@ -37,8 +37,8 @@ import tensorflow as tf
 import tensorflow_text as tf_text
 
 from groupbert_tf import tokenization
+from groupbert_tf.models.encoder import ENCODER_INPUTS
 
-ENCODER_INPUTS = ("token_ids", "segment_ids", "padding_mask")
 # The tf.Example feature names of each encoder input (Google BERT's TFRecord names).
 EXAMPLE_FEATURES = {"token_ids": "input_ids", "segment_ids": "segment_ids",
                     "padding_mask": "input_mask"}

@@ -4,9 +4,8 @@ import keras
 from keras import ops
 
 from groupbert_tf.layers.initializers import truncated_normal
-from groupbert_tf.models.encoder import GroupBertEncoder, as_config
-
-ENCODER_INPUTS = ("token_ids", "segment_ids", "padding_mask")
+from groupbert_tf.models.encoder import ENCODER_INPUTS, GroupBertEncoder, as_config
+from groupbert_tf.models.task_model import TaskModel
 
 
 def _labels(y, key):
@@ -14,7 +13,7 @@ def _labels(y, key):
 
 
 @keras.saving.register_keras_serializable(package="groupbert_tf")
-class GroupBertClassifier(keras.Model):
+class GroupBertClassifier(TaskModel):
     """Single-sentence or sentence-pair classification on the pooled [CLS] output.
 
     Inputs: `token_ids`, `segment_ids`, `padding_mask` [B, S]. Output: {"logits": [B, L]}
@@ -54,18 +53,9 @@ class GroupBertClassifier(keras.Model):
             _labels(y, "labels"), y_pred["logits"], from_logits=True)
         return {"classification": ops.sum(losses)}
 
-    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True,
-                     counts=None):
-        counts = self.loss_counts(y) if counts is None else counts
-        sums = self.loss_sums(y, y_pred)
-        return sum(sums[name] / ops.maximum(counts[name], 1.0) for name in sums)
-
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
-        counts = self.loss_counts(y)
-        sums = self.loss_sums(y, y_pred)
-        self.loss_tracker_.update_state(
-            sums["classification"] / ops.maximum(counts["classification"], 1.0),
-            sample_weight=counts["classification"])
+        mean, count = self.mean_losses(y, y_pred)["classification"]
+        self.loss_tracker_.update_state(mean, sample_weight=count)
         self.accuracy.update_state(_labels(y, "labels"), y_pred["logits"])
         return self.get_metrics_result()
 

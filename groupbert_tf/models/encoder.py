@@ -9,6 +9,9 @@ from groupbert_tf.layers.embeddings import BertEmbeddings
 from groupbert_tf.layers.groupbert_layer import GroupBertLayer
 from groupbert_tf.layers.initializers import truncated_normal
 
+# The encoder's inputs (int32 [batch, seq]); padding_mask is 1 on real tokens.
+ENCODER_INPUTS = ("token_ids", "segment_ids", "padding_mask")
+
 
 def as_config(config) -> GroupBertConfig:
     """Accepts a GroupBertConfig, a preset name, a JSON file or a dict of fields."""
@@ -59,7 +62,7 @@ class GroupBertEncoder(keras.Model):
         config = as_config(config)
         inputs = {
             name: keras.Input(shape=(None,), dtype="int32", name=name)
-            for name in ("token_ids", "segment_ids", "padding_mask")
+            for name in ENCODER_INPUTS
         }
         embeddings = BertEmbeddings(
             vocab_size=config.vocab_size,

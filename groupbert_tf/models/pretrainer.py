@@ -5,13 +5,12 @@ from keras import ops
 
 from groupbert_tf.layers.initializers import truncated_normal
 from groupbert_tf.layers.masked_lm_head import MaskedLMHead
-from groupbert_tf.models.encoder import GroupBertEncoder, as_config
-
-ENCODER_INPUTS = ("token_ids", "segment_ids", "padding_mask")
+from groupbert_tf.models.encoder import ENCODER_INPUTS, GroupBertEncoder, as_config
+from groupbert_tf.models.task_model import TaskModel
 
 
 @keras.saving.register_keras_serializable(package="groupbert_tf")
-class GroupBertPretrainer(keras.Model):
+class GroupBertPretrainer(TaskModel):
     """Masked-LM and next-sentence-prediction pre-training.
 
     Inputs: `token_ids`, `segment_ids`, `padding_mask` [B, S] and `masked_lm_positions` [B, P].
@@ -65,20 +64,10 @@ class GroupBertPretrainer(keras.Model):
             y["next_sentence_labels"], y_pred["nsp_logits"], from_logits=True)
         return {"mlm": ops.sum(mlm * weights), "nsp": ops.sum(nsp)}
 
-    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True,
-                     counts=None):
-        counts = self.loss_counts(y) if counts is None else counts
-        sums = self.loss_sums(y, y_pred)
-        # max(count, 1): a batch whose slots are all padding contributes zero, not NaN.
-        return sum(sums[name] / ops.maximum(counts[name], 1.0) for name in sums)
-
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
-        counts = self.loss_counts(y)
-        sums = self.loss_sums(y, y_pred)
-        self.mlm_loss_tracker.update_state(sums["mlm"] / ops.maximum(counts["mlm"], 1.0),
-                                           sample_weight=counts["mlm"])
-        self.nsp_loss_tracker.update_state(sums["nsp"] / counts["nsp"],
-                                           sample_weight=counts["nsp"])
+        losses = self.mean_losses(y, y_pred)
+        self.mlm_loss_tracker.update_state(losses["mlm"][0], sample_weight=losses["mlm"][1])
+        self.nsp_loss_tracker.update_state(losses["nsp"][0], sample_weight=losses["nsp"][1])
         self.mlm_accuracy.update_state(y["masked_lm_ids"], y_pred["mlm_logits"],
                                        sample_weight=y["masked_lm_weights"])
         self.nsp_accuracy.update_state(y["next_sentence_labels"], y_pred["nsp_logits"])

@@ -4,9 +4,8 @@ import keras
 from keras import ops
 
 from groupbert_tf.layers.initializers import truncated_normal
-from groupbert_tf.models.encoder import GroupBertEncoder, as_config
-
-ENCODER_INPUTS = ("token_ids", "segment_ids", "padding_mask")
+from groupbert_tf.models.encoder import ENCODER_INPUTS, GroupBertEncoder, as_config
+from groupbert_tf.models.task_model import TaskModel
 
 # Added to the logits of padding positions: softmax gives them zero probability in float32
 # and bfloat16 alike, and no decoder can pick them.
@@ -14,7 +13,7 @@ PADDING_LOGIT = -10000.0
 
 
 @keras.saving.register_keras_serializable(package="groupbert_tf")
-class GroupBertSpanLabeler(keras.Model):
+class GroupBertSpanLabeler(TaskModel):
     """Start/end logits per token over the encoder's sequence output.
 
     Inputs: `token_ids`, `segment_ids`, `padding_mask` [B, S]. Output:
@@ -56,17 +55,9 @@ class GroupBertSpanLabeler(keras.Model):
             y["end_positions"], y_pred["end_logits"], from_logits=True)
         return {"span": 0.5 * (ops.sum(start) + ops.sum(end))}
 
-    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True,
-                     counts=None):
-        counts = self.loss_counts(y) if counts is None else counts
-        sums = self.loss_sums(y, y_pred)
-        return sum(sums[name] / ops.maximum(counts[name], 1.0) for name in sums)
-
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
-        counts = self.loss_counts(y)
-        sums = self.loss_sums(y, y_pred)
-        self.loss_tracker_.update_state(sums["span"] / ops.maximum(counts["span"], 1.0),
-                                        sample_weight=counts["span"])
+        mean, count = self.mean_losses(y, y_pred)["span"]
+        self.loss_tracker_.update_state(mean, sample_weight=count)
         self.start_accuracy.update_state(y["start_positions"], y_pred["start_logits"])
         self.end_accuracy.update_state(y["end_positions"], y_pred["end_logits"])
         return self.get_metrics_result()
