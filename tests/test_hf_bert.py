@@ -2,7 +2,6 @@
 all-MiniLM-L6-v2 checkpoint, config mapping, name variants and error messages."""
 
 import json
-import pathlib
 
 import numpy as np
 import pytest
