@@ -22,7 +22,7 @@ rewrites these exact names; Graphcore TF's `ipu.normalization_ops` for gamma/bet
   .../convolution/pre/glu/values/dense/{kernel,bias}, .../pre/glu/gates/dense/{kernel,bias}
       (two N->N Dense layers; values * sigmoid(gates)); ours is one N->2N [values | gates]
   .../convolution/dwconv/weight  [K, group_size, N] (conv2d filter after expand_dims(1)), no
-      bias: the same layout as ours (Keras Conv1D(groups) [K, 16, N])
+      bias: the same layout as ours (the kernel layout of Keras' grouped Conv1D, [K, 16, N])
   .../convolution/dwconv/LayerNorm/{gamma,beta}, .../convolution/post/dense/{kernel,bias}
   .../feed_forward_{1,2}/intermediate/dense/{kernel,bias}
   .../feed_forward_{1,2}/output/dense/kernel [I/G, N]: a grouped conv1d filter (in-channels

@@ -9,12 +9,12 @@ from groupbert_tf.layers.initializers import truncated_normal
 def grouped_conv1d(inputs, kernel, groups):
     """'Same'-padded, stride-1 grouped 1-D convolution as one batched matmul over groups.
 
-    `kernel` has Keras' `Conv1D(groups=...)` layout [K, C/groups, C]. The padded input is put
-    group-major once, the K shifted views are stacked next to the within-group channels, and
-    a [G, B*S, K*C/G] x [G, K*C/G, C/G] matmul does the whole convolution. Of eight forms
+    `kernel` has the layout of Keras' grouped `Conv1D` kernel, [K, C/groups, C]. The padded
+    input is put group-major once, the K shifted views are stacked next to the within-group
+    channels, and a [G, B*S, K*C/G] x [G, K*C/G, C/G] matmul does the whole convolution. Of eight forms
     measured under XLA on 2 CPU cores (benchmarks/grouped_conv.py, docs/benchmarks.md), this
     was fastest: 0.73x the time of one einsum over stacked taps ('bskgi,kigo->bsgo'), 0.65x a
-    sum of K per-tap einsums, and ~90x faster than `Conv1D(groups)`, whose kernel gradient
+    sum of K per-tap einsums, and ~90x faster than Keras' grouped `Conv1D`, whose kernel gradient
     is a slow path on CPU.
     """
     kernel_size, group_in, channels = kernel.shape
