@@ -65,6 +65,52 @@ def split_sentences(text):
     return [s for s in sentences if s]
 
 
+def document_sentences(lines):
+    """The sentences of one document given as lines of text."""
+    return [s for line in lines for part in line.splitlines() for s in split_sentences(part.strip())]
+
+
+def _first_bad_line(path):
+    """1-based number of the first line of `path` that is not valid UTF-8."""
+    number = 0
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, 1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError:
+                return number
+    return number
+
+
+def iter_documents(path):
+    """Streams one corpus file's documents (lists of sentences), a block at a time.
+
+    Blocks are separated by whitespace-only lines. Memory holds one block, so
+    files larger than memory stream too.
+
+    Raises:
+      ValueError: the file is not UTF-8 text (named, with the line number).
+    """
+    block = []
+    with open(path, encoding="utf-8") as f:
+        try:
+            for line in f:
+                if line.strip():
+                    block.append(line)
+                elif block:
+                    sentences = document_sentences(block)
+                    if sentences:
+                        yield sentences
+                    block = []
+        except UnicodeDecodeError as e:
+            raise ValueError(
+                f"Corpus file {path} is not UTF-8 text (line {_first_bad_line(path)}: {e.reason})"
+            ) from None
+    sentences = document_sentences(block)
+    if sentences:
+        yield sentences
+
+
 def read_documents(paths):
     """Reads corpus files into documents, each a list of sentence strings.
 
@@ -73,7 +119,7 @@ def read_documents(paths):
 
     Raises:
       FileNotFoundError: a file is missing (named).
-      ValueError: the files hold no text at all (named).
+      ValueError: the files hold no text at all, or a file is not UTF-8 (named).
     """
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
@@ -83,12 +129,7 @@ def read_documents(paths):
     for path in paths:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"Corpus file not found: {path}")
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-        for block in re.split(r"\n\s*\n", text):
-            sentences = [s for line in block.splitlines() for s in split_sentences(line.strip())]
-            if sentences:
-                documents.append(sentences)
+        documents.extend(iter_documents(path))
     if not documents:
         raise ValueError(f"Corpus is empty (no text in {', '.join(map(str, paths))})")
     return documents
@@ -123,11 +164,12 @@ def split_documents(documents, validation_fraction=0.01):
     return train, val
 
 
-def tokenize_documents(documents, tokenizer, batch_size=4096):
-    """Documents of sentences -> documents of word-piece id lists.
+def tokenize_sentences(documents, tokenizer, batch_size=4096):
+    """Documents of sentences -> documents of word-piece id lists, aligned.
 
-    Runs the in-graph tokenizer over batches of sentences; sentences with no
-    tokens are dropped, and so are documents left empty.
+    Runs the in-graph tokenizer over batches of sentences. Sentences with no
+    tokens are dropped; a document can come out empty, and stays in its place
+    so callers can keep keys beside documents.
     """
     flat = [s for doc in documents for s in doc]
     ids = []
@@ -135,11 +177,15 @@ def tokenize_documents(documents, tokenizer, batch_size=4096):
         ids.extend(tokenizer.tokenize(tf.constant(flat[i : i + batch_size])).to_list())
     out, k = [], 0
     for doc in documents:
-        sentences = [s for s in ids[k : k + len(doc)] if s]
+        out.append([s for s in ids[k : k + len(doc)] if s])
         k += len(doc)
-        if sentences:
-            out.append(sentences)
     return out
+
+
+def tokenize_documents(documents, tokenizer, batch_size=4096):
+    """Documents of sentences -> documents of word-piece id lists; documents
+    left without tokens are dropped."""
+    return [doc for doc in tokenize_sentences(documents, tokenizer, batch_size) if doc]
 
 
 def _truncate_pair(tokens_a, tokens_b, max_tokens, rng):
