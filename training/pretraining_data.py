@@ -20,6 +20,7 @@ a pair is seen.
 """
 
 import hashlib
+import io
 import os
 import random
 import re
@@ -67,13 +68,18 @@ def split_sentences(text):
 
 def document_sentences(lines):
     """The sentences of one document given as lines of text."""
-    return [s for line in lines for part in line.splitlines() for s in split_sentences(part.strip())]
+    parts = (part.strip() for line in lines for part in line.splitlines())
+    return [s for part in parts for s in split_sentences(part)]
 
 
-def _first_bad_line(path):
+def _open_binary(path):
+    return open(path, "rb")
+
+
+def _first_bad_line(path, open_binary):
     """1-based number of the first line of `path` that is not valid UTF-8."""
     number = 0
-    with open(path, "rb") as f:
+    with open_binary(path) as f:
         for number, raw in enumerate(f, 1):
             try:
                 raw.decode("utf-8")
@@ -82,17 +88,18 @@ def _first_bad_line(path):
     return number
 
 
-def iter_documents(path):
+def iter_documents(path, open_binary=_open_binary):
     """Streams one corpus file's documents (lists of sentences), a block at a time.
 
     Blocks are separated by whitespace-only lines. Memory holds one block, so
-    files larger than memory stream too.
+    files larger than memory stream too. `open_binary(path)` opens the file for
+    reading bytes (e.g. Beam's `FileSystems.open` for cloud storage).
 
     Raises:
       ValueError: the file is not UTF-8 text (named, with the line number).
     """
     block = []
-    with open(path, encoding="utf-8") as f:
+    with io.TextIOWrapper(open_binary(path), encoding="utf-8") as f:
         try:
             for line in f:
                 if line.strip():
@@ -104,7 +111,8 @@ def iter_documents(path):
                     block = []
         except UnicodeDecodeError as e:
             raise ValueError(
-                f"Corpus file {path} is not UTF-8 text (line {_first_bad_line(path)}: {e.reason})"
+                f"Corpus file {path} is not UTF-8 text (line {_first_bad_line(path, open_binary)}: "
+                f"{e.reason})"
             ) from None
     sentences = document_sentences(block)
     if sentences:
