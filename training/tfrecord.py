@@ -32,6 +32,32 @@ def _flatten(features, labels):
     return {**features, **labels}
 
 
+def serialize_examples(flat):
+    """Yields serialized `tf.train.Example`s of a flat batch-major dict.
+
+    Args:
+      flat: every feature and label of the `training.masking` format, numpy
+        arrays or eager tensors with a leading example axis.
+    """
+    flat = {k: np.asarray(v) for k, v in flat.items()}
+    missing = sorted(set(_NAMES) - set(flat))
+    if missing:
+        raise ValueError(f"Cannot serialize examples: missing features {missing}")
+    for i in range(len(flat["token_ids"])):
+        feature = {}
+        for ours, theirs in _NAMES.items():
+            value = np.reshape(flat[ours][i], [-1])
+            if ours == "masked_lm_weights":
+                feature[theirs] = tf.train.Feature(
+                    float_list=tf.train.FloatList(value=value.astype(np.float32))
+                )
+            else:
+                feature[theirs] = tf.train.Feature(
+                    int64_list=tf.train.Int64List(value=value.astype(np.int64))
+                )
+        yield tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+
 def write_examples(path, features, labels):
     """Writes a batch-major (features, labels) pair of arrays to a TFRecord.
 
@@ -43,30 +69,16 @@ def write_examples(path, features, labels):
     Returns:
       The number of examples written.
     """
-    flat = {k: np.asarray(v) for k, v in _flatten(features, labels).items()}
-    missing = sorted(set(_NAMES) - set(flat))
-    if missing:
-        raise ValueError(f"Cannot write {path}: missing features {missing}")
-    n = len(flat["token_ids"])
+    try:
+        records = list(serialize_examples(_flatten(features, labels)))
+    except ValueError as e:
+        raise ValueError(f"Cannot write {path}: {e}") from None
     tmp = f"{path}.tmp-{os.getpid()}"
     with tf.io.TFRecordWriter(tmp) as writer:
-        for i in range(n):
-            feature = {}
-            for ours, theirs in _NAMES.items():
-                value = np.reshape(flat[ours][i], [-1])
-                if ours == "masked_lm_weights":
-                    feature[theirs] = tf.train.Feature(
-                        float_list=tf.train.FloatList(value=value.astype(np.float32))
-                    )
-                else:
-                    feature[theirs] = tf.train.Feature(
-                        int64_list=tf.train.Int64List(value=value.astype(np.int64))
-                    )
-            writer.write(
-                tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
-            )
+        for record in records:
+            writer.write(record)
     os.replace(tmp, path)
-    return n
+    return len(records)
 
 
 def _feature_spec(seq_length, max_predictions_per_seq):
