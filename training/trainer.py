@@ -14,6 +14,7 @@ from groupbert_tf import flops
 from groupbert_tf.config import GroupBertConfig
 from groupbert_tf.models.pretrainer import GroupBertPretrainer
 from training import callbacks as training_callbacks
+from training import checkpointing, run_folder
 from training.optimization import WarmupPolynomialDecay, create_optimizer
 from training.train_step import XlaGradientsTrainStep
 
@@ -66,19 +67,20 @@ def _is_chief(strategy):
     return strategy.extended.should_checkpoint
 
 
-BEST_CHECKPOINT = os.path.join("best", "best")
-
-
 def find_checkpoint(path, flag="--init_checkpoint"):
     """The checkpoint a run folder holds, as a prefix.
 
     In order: the newest in `<path>/checkpoints` (pre-training), fine-tuning's best epoch
     `<path>/best/best`, the newest in `<path>`, or `path` itself as a prefix.
     """
-    for candidate in (tf.train.latest_checkpoint(os.path.join(path, "checkpoints")),
-                      os.path.join(path, BEST_CHECKPOINT), tf.train.latest_checkpoint(path), path):
-        if candidate and tf.io.gfile.exists(candidate + ".index"):
-            return candidate
+    folders = [os.path.join(path, "checkpoints"), os.path.join(path, "best"), path]
+    for folder in folders if os.path.isdir(path) else []:
+        newest = checkpointing.newest_intact(folder)  # Skips unreadable ones, with a warning.
+        if newest:
+            return newest
+    if tf.io.gfile.exists(path + ".index"):
+        checkpointing.check_readable(path)
+        return path
     raise FileNotFoundError(f"{flag} {path}: no checkpoint in {os.path.join(path, 'checkpoints')}, "
                             f"{os.path.join(path, 'best')} or {path}")
 
@@ -90,7 +92,11 @@ def restore_or_initialize(model, model_dir, init_checkpoint=None):
     """
     checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
     directory = os.path.join(model_dir, "checkpoints")
-    if _is_chief(model.distribute_strategy):
+    chief = _is_chief(model.distribute_strategy)
+    # Before the manager reads the state file: the chief sets unreadable checkpoints aside,
+    # so rotation only ever deletes intact ones.
+    latest = checkpointing.newest_intact(directory, tidy=chief)
+    if chief:
         manager = tf.train.CheckpointManager(checkpoint, directory, max_to_keep=3)
     else:
         # Multi-worker: every worker must save (saving reads synced variables, a collective),
@@ -98,9 +104,12 @@ def restore_or_initialize(model, model_dir, init_checkpoint=None):
         # temporary folder, removed at the end of `pretrain`.
         manager = tf.train.CheckpointManager(
             checkpoint, tempfile.mkdtemp(prefix="groupbert-worker-checkpoints-"), max_to_keep=1)
-    latest = tf.train.latest_checkpoint(directory)
     if latest:
-        checkpoint.restore(latest).assert_existing_objects_matched()
+        try:
+            checkpoint.restore(latest).assert_existing_objects_matched()
+        except (AssertionError, ValueError, tf.errors.OpError) as error:
+            raise ValueError(f"checkpoint {latest} does not fit this model and optimizer: "
+                             f"{str(error).splitlines()[0]}") from None
         return manager, (f"Resumed training state from {latest} at step "
                          f"{int(model.optimizer.iterations.numpy())}")
     if init_checkpoint:
@@ -115,15 +124,39 @@ def restore_or_initialize(model, model_dir, init_checkpoint=None):
     return manager, "Started from random initialisation"
 
 
+# A resume may not change these (the optimizer state or the data seen per step would no
+# longer mean what they meant); other changed settings are allowed with a warning.
+RESUME_REFUSED = ("optimizer", "seq_length", "global_batch_size",
+                  "gradient_accumulation_steps")
+RESUME_QUIET = ("model_dir", "train_steps", "checkpoint_every", "log_every", "verbose",
+                "init_checkpoint")
+
+
 def pretrain(config, settings: TrainingSettings, strategy, train_dataset_fn,
-             validation_dataset=None):
+             validation_dataset=None, flag_values=None):
     """Runs (or resumes) pre-training and returns (model, throughput, validation metrics).
 
     `train_dataset_fn(start_step)` returns the training dataset of global batches (Keras
     distributes it over the replicas); it is told the optimizer step so a resumed run does
     not replay the data the killed run already saw. `settings.train_steps` counts optimizer
     updates; with gradient accumulation each takes several batches.
+
+    The chief holds `<model_dir>/run.lock` throughout and records the config and settings
+    (plus `flag_values`, the CLI's flags) in the run folder; a resume whose model config or
+    RESUME_REFUSED settings differ from the records is refused, naming each field.
     """
+    if not _is_chief(strategy):
+        return _train(config, settings, strategy, train_dataset_fn, validation_dataset)
+    with run_folder.RunLock(settings.model_dir):
+        recorded = dataclasses.asdict(settings)
+        if checkpointing.candidates(os.path.join(settings.model_dir, "checkpoints")):
+            run_folder.check_resume(settings.model_dir, config, recorded, RESUME_REFUSED,
+                                    RESUME_QUIET)
+        run_folder.write_records(settings.model_dir, config, recorded, flag_values)
+        return _train(config, settings, strategy, train_dataset_fn, validation_dataset)
+
+
+def _train(config, settings, strategy, train_dataset_fn, validation_dataset):
     if settings.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_bfloat16")
     with strategy.scope():
