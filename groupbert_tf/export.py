@@ -22,9 +22,19 @@ The span task's text signatures also return `token_start_offsets` / `token_end_o
 (int64 [batch, seq_length]): byte offsets [start, end) of each word piece in the text of its
 segment (`segment_ids` says which: 0 = text_a, 1 = text_b), -1 on [CLS], [SEP] and padding.
 
+Every signature checks its inputs in the graph (InvalidArgumentError naming the input): string
+batches rank 1, ids rank 2, token ids in the vocab, segment ids in [0, type_vocab_size),
+padding mask 0 or 1. (`ensure_shape`, not a rank assert: Grappler folds a rank computed from
+the declared [None] shape, and fed tensors are not checked against it.)
+
 Tokenization runs in the graph (tensorflow-text ops: load with `import tensorflow_text`). The
 serving functions are plain `tf.function`s (never `jit_compile`): TF Serving does not run
 functions marked for forced XLA compilation by default.
+
+`compute_dtype="bfloat16"` exports the model under Keras' `mixed_bfloat16` policy: float32
+variables, matmuls in bfloat16 (oneDNN's bf16 kernels: AVX512_BF16 or AMX), LayerNorms and
+softmax in float32, outputs float32. Each version also carries TF Serving warmup requests
+(`groupbert_tf.serving_warmup`) for `serving_default` at `WARMUP_BATCH_SIZES`.
 """
 
 import os
@@ -36,7 +46,7 @@ import keras
 import tensorflow as tf
 import tensorflow_text as tf_text
 
-from groupbert_tf import tokenization
+from groupbert_tf import serving_warmup, tokenization
 from groupbert_tf.models.encoder import ENCODER_INPUTS
 
 # The tf.Example feature names of each encoder input (Google BERT's TFRecord names).
@@ -59,6 +69,14 @@ DEFAULT_TEXT_SIGNATURE = {
 }
 SIGNATURES = ("serving_default", "serve_text", "serve_text_pair", "serve_token_ids",
               "serve_examples")
+# Inputs of each text signature (serving_default is one of them).
+TEXT_INPUTS = {"serve_text": ("text_a",), "serve_text_pair": ("text_a", "text_b")}
+# compute_dtype -> the Keras dtype policy the exported model runs under.
+COMPUTE_DTYPE_POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16"}
+# Batch sizes of the warmup requests; equal to `allowed_batch_sizes` in
+# docs/tf_serving/batching_parameters.txt, so with --enable_batching the model only ever sees
+# warmed-up shapes.
+WARMUP_BATCH_SIZES = (1, 8, 32)
 
 
 def next_version(export_dir):
@@ -68,6 +86,12 @@ def next_version(export_dir):
     versions = [int(name.strip("/")) for name in tf.io.gfile.listdir(export_dir)
                 if re.fullmatch(r"\d+/?", name)]
     return max(versions, default=0) + 1
+
+
+def _rank_checked(tensor, name, rank):
+    """`tensor`, failing at run time (InvalidArgumentError naming `name`) unless of `rank`."""
+    node = re.sub(r"\W+", "_", name).strip("_")
+    return tf.ensure_shape(tensor, [None] * rank, name=f"{node}_must_have_rank_{rank}")
 
 
 def _float32(tensor):
@@ -91,6 +115,7 @@ class ServingModule(tf.__internal__.tracking.AutoTrackable):
     Args:
       model: the trackable object that owns the variables (a Keras model).
       vocab_path: WordPiece vocab file; copied into the SavedModel's assets.
+      type_vocab_size: segment ids must be below it (the model's segment embeddings).
       task: a key of TASK_OUTPUTS.
       seq_length: packed length of the text signatures (and of `serve_examples`).
       max_length: the longest sequence `serve_token_ids` accepts (position embeddings).
@@ -100,7 +125,7 @@ class ServingModule(tf.__internal__.tracking.AutoTrackable):
     """
 
     def __init__(self, model, vocab_path, task, seq_length=128, max_length=None,
-                 outputs_fn=None, lower_case=True):
+                 outputs_fn=None, lower_case=True, type_vocab_size=2):
         super().__init__()
         if task not in TASK_OUTPUTS:
             raise ValueError(f"task must be one of {sorted(TASK_OUTPUTS)}, got {task!r}")
@@ -112,6 +137,7 @@ class ServingModule(tf.__internal__.tracking.AutoTrackable):
         self.task = task
         self.seq_length = int(seq_length)
         self.max_length = int(max_length or seq_length)
+        self.type_vocab_size = int(type_vocab_size)
         # Track the model's variables, not the Keras model itself: saving a Keras object
         # would also trace and save every layer's own functions (slow, and not served).
         # The tf.Variables under Keras variables: TF1-style loaders (TF Serving's C++ loader,
@@ -201,41 +227,61 @@ class ServingModule(tf.__internal__.tracking.AutoTrackable):
         return outputs
 
     def _serve_text(self, text_a):
-        return self._text_outputs([text_a])
+        return self._text_outputs([_rank_checked(text_a, "text_a", 1)])
 
     def _serve_text_pair(self, text_a, text_b):
+        text_a = _rank_checked(text_a, "text_a", 1)
+        text_b = _rank_checked(text_b, "text_b", 1)
         tf.debugging.assert_equal(
             tf.shape(text_a), tf.shape(text_b),
             message="text_a and text_b must have the same batch size")
         return self._text_outputs([text_a, text_b])
 
     def _serve_token_ids(self, token_ids, segment_ids, padding_mask):
-        shape = tf.shape(token_ids)
+        return self.run_model(self._checked_ids(
+            {"token_ids": token_ids, "segment_ids": segment_ids, "padding_mask": padding_mask}))
+
+    def _checked_ids(self, inputs, names=None):
+        """The encoder inputs behind shape and value checks; `names`: how errors call them."""
+        names = names or {name: name for name in inputs}
+        token, segment, mask = (names[name] for name in ENCODER_INPUTS)
+        inputs = {name: _rank_checked(inputs[name], names[name], 2) for name in ENCODER_INPUTS}
+        shape = tf.shape(inputs["token_ids"])
         checks = [
-            tf.debugging.assert_equal(tf.shape(segment_ids), shape,
-                                      message="segment_ids must have the shape of token_ids"),
-            tf.debugging.assert_equal(tf.shape(padding_mask), shape,
-                                      message="padding_mask must have the shape of token_ids"),
+            tf.debugging.assert_equal(tf.shape(inputs["segment_ids"]), shape,
+                                      message=f"{segment} must have the shape of {token}"),
+            tf.debugging.assert_equal(tf.shape(inputs["padding_mask"]), shape,
+                                      message=f"{mask} must have the shape of {token}"),
             tf.debugging.assert_less_equal(
                 shape[1], self.max_length,
                 message=f"sequences longer than max_position_embeddings={self.max_length}"),
-            tf.debugging.assert_non_negative(token_ids, message="negative token_ids"),
-            tf.debugging.assert_less(token_ids, self.tokenizer.vocab_size,
-                                     message="token_ids outside the vocab"),
+            tf.debugging.assert_non_negative(inputs["token_ids"], message=f"negative {token}"),
+            tf.debugging.assert_less(inputs["token_ids"], self.tokenizer.vocab_size,
+                                     message=f"{token} outside the vocab"),
+            tf.debugging.assert_non_negative(
+                inputs["segment_ids"],
+                message=f"{segment} must be in [0, type_vocab_size={self.type_vocab_size})"),
+            tf.debugging.assert_less(
+                inputs["segment_ids"], self.type_vocab_size,
+                message=f"{segment} must be in [0, type_vocab_size={self.type_vocab_size})"),
+            tf.debugging.assert_non_negative(inputs["padding_mask"],
+                                             message=f"{mask} must be 0 or 1"),
+            tf.debugging.assert_less_equal(inputs["padding_mask"], 1,
+                                           message=f"{mask} must be 0 or 1"),
         ]
         with tf.control_dependencies(checks):
-            inputs = {"token_ids": tf.identity(token_ids),
-                      "segment_ids": tf.identity(segment_ids),
-                      "padding_mask": tf.identity(padding_mask)}
-        return self.run_model(inputs)
+            return {name: tf.identity(value) for name, value in inputs.items()}
 
     def _serve_examples(self, examples):
+        examples = _rank_checked(examples, "examples", 1)
         features = {feature: tf.io.FixedLenFeature([self.seq_length], tf.int64)
                     for feature in EXAMPLE_FEATURES.values()}
         parsed = tf.io.parse_example(examples, features)
         inputs = {name: tf.cast(parsed[feature], tf.int32)
                   for name, feature in EXAMPLE_FEATURES.items()}
-        return self._serve_token_ids(**inputs)
+        names = {name: f"{feature} (tf.Example feature)"
+                 for name, feature in EXAMPLE_FEATURES.items()}
+        return self.run_model(self._checked_ids(inputs, names))
 
     # -- span offsets --------------------------------------------------------------------------
 
@@ -304,8 +350,31 @@ class ServingModule(tf.__internal__.tracking.AutoTrackable):
         return result
 
 
+def with_compute_dtype(model, compute_dtype):
+    """`model` rebuilt to compute in `compute_dtype` ("float32" or "bfloat16"), same weights.
+
+    bfloat16 is Keras' `mixed_bfloat16` policy (variables stay float32). The model class must
+    round-trip through `get_config()` / `from_config()` with a `dtype` entry, as every task
+    model here does. Returns `model` itself when it already runs under that policy.
+    """
+    if compute_dtype not in COMPUTE_DTYPE_POLICIES:
+        raise ValueError(f"compute_dtype must be one of {sorted(COMPUTE_DTYPE_POLICIES)}, "
+                         f"got {compute_dtype!r}")
+    policy = COMPUTE_DTYPE_POLICIES[compute_dtype]
+    if model.dtype_policy.name == policy:
+        return model
+    clone = type(model).from_config({**model.get_config(), "dtype": policy})
+    paths, clone_paths = [v.path for v in model.weights], [v.path for v in clone.weights]
+    if paths != clone_paths:
+        raise ValueError(f"{type(model).__name__} rebuilt under {policy} has other weights "
+                         f"({len(clone_paths)} against {len(paths)}): cannot copy them")
+    clone.set_weights(model.get_weights())
+    return clone
+
+
 def export_saved_model(task_model, vocab_path, export_dir, task, seq_length=128, version=None,
-                       outputs_fn=None, max_length=None, lower_case=True):
+                       outputs_fn=None, max_length=None, lower_case=True,
+                       compute_dtype="float32", warmup_batch_sizes=WARMUP_BATCH_SIZES):
     """Writes `task_model` as a TF Serving SavedModel; returns `<export_dir>/<version>`.
 
     Args:
@@ -323,9 +392,17 @@ def export_saved_model(task_model, vocab_path, export_dir, task, seq_length=128,
         `task_model` must then own the variables it uses.
       max_length: the longest sequence `serve_token_ids` accepts (default: the model config's
         `max_position_embeddings` when it has one, else `seq_length`).
+      compute_dtype: "float32" or "bfloat16" (`with_compute_dtype`; outputs stay float32).
+        With `outputs_fn`, build it from `with_compute_dtype(task_model, compute_dtype)`.
+      warmup_batch_sizes: batch sizes of the `serving_default` requests written to
+        `assets.extra/tf_serving_warmup_requests` (empty: no warmup file).
     """
+    model = with_compute_dtype(task_model, compute_dtype)
+    if outputs_fn is not None and model is not task_model:
+        raise ValueError(f"outputs_fn was built from a {task_model.dtype_policy.name} model: "
+                         f"build it from export.with_compute_dtype(model, {compute_dtype!r})")
+    config = getattr(model, "config", None)
     if max_length is None:
-        config = getattr(task_model, "config", None)
         max_length = getattr(config, "max_position_embeddings", None)
     if not os.path.isfile(vocab_path):
         raise FileNotFoundError(f"Vocab file not found: {vocab_path}")
@@ -335,13 +412,18 @@ def export_saved_model(task_model, vocab_path, export_dir, task, seq_length=128,
     path = os.path.join(export_dir, str(version))
     if tf.io.gfile.exists(path):
         raise FileExistsError(f"{path} exists: pick another version or leave it to default")
-    module = ServingModule(task_model, vocab_path, task, seq_length=seq_length,
-                           max_length=max_length, outputs_fn=outputs_fn, lower_case=lower_case)
+    module = ServingModule(model, vocab_path, task, seq_length=seq_length,
+                           max_length=max_length, outputs_fn=outputs_fn, lower_case=lower_case,
+                           type_vocab_size=getattr(config, "type_vocab_size", 2))
     tf.io.gfile.makedirs(export_dir)
     staging = os.path.join(export_dir, f".tmp-{version}-{uuid.uuid4().hex[:8]}")
     try:
         tf.saved_model.save(module, staging, signatures=module.signatures(),
                             options=tf.saved_model.SaveOptions(experimental_custom_gradients=False))
+        if warmup_batch_sizes:
+            serving_warmup.write_warmup_requests(
+                staging, TEXT_INPUTS[DEFAULT_TEXT_SIGNATURE[task]], warmup_batch_sizes,
+                model_name=os.path.basename(os.path.normpath(export_dir)))
         tf.io.gfile.rename(staging, path)
     finally:
         if tf.io.gfile.exists(staging):
@@ -365,13 +447,17 @@ def pretraining_outputs_fn(pretrainer):
     return outputs_fn
 
 
-def export_pretraining_model(model, vocab_path, export_dir, seq_length=128, version=None):
+def export_pretraining_model(model, vocab_path, export_dir, seq_length=128, version=None,
+                             compute_dtype="float32", warmup_batch_sizes=WARMUP_BATCH_SIZES):
     """Exports a GroupBertPretrainer (or PretrainingModel) with task "pretraining".
 
     Outputs: `sequence_output` [batch, seq, hidden], `pooled_output` [batch, hidden],
     `nsp_probabilities` [batch, 2]. A bare GroupBertEncoder exports its two outputs.
     Returns the version folder written.
     """
+    model = with_compute_dtype(model, compute_dtype)
     outputs_fn = pretraining_outputs_fn(model) if hasattr(model, "nsp_head") else None
     return export_saved_model(model, vocab_path, export_dir, "pretraining",
-                              seq_length=seq_length, version=version, outputs_fn=outputs_fn)
+                              seq_length=seq_length, version=version, outputs_fn=outputs_fn,
+                              compute_dtype=compute_dtype,
+                              warmup_batch_sizes=warmup_batch_sizes)

@@ -16,6 +16,7 @@ TensorFlow pin) for the gRPC protos. See docs/serving.md.
 
 import json
 
+import numpy as np
 import tensorflow as tf
 
 
@@ -81,3 +82,15 @@ def make_rest_body(texts, signature="serving_default", text_b=None):
     inputs = {name: [v.decode("utf-8") for v in values]
               for name, values in text_inputs(texts, text_b).items()}
     return json.dumps({"signature_name": signature, "inputs": inputs}, ensure_ascii=False)
+
+
+def rest_outputs_to_numpy(response_body):
+    """The JSON answer to a columnar (`"inputs"`) REST request -> {output name: numpy array}.
+
+    TF Serving answers `{"outputs": {name: nested lists}}`, or `{"error": "..."}`, raised
+    here as a ValueError.
+    """
+    response = json.loads(response_body)
+    if "error" in response:
+        raise ValueError(f"TF Serving error: {response['error']}")
+    return {name: np.asarray(value) for name, value in response["outputs"].items()}

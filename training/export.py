@@ -82,8 +82,12 @@ def restore_model(task, config, model_dir, checkpoint=None):
 
 
 def export_from_checkpoint(model_dir, config, task, export_dir, vocab=None, seq_length=128,
-                           version=None, checkpoint=None, lower_case=True):
-    """Restores a checkpoint and exports it; returns the version folder written."""
+                           version=None, checkpoint=None, lower_case=True,
+                           compute_dtype="float32"):
+    """Restores a checkpoint and exports it; returns the version folder written.
+
+    `compute_dtype="bfloat16"` serves under `mixed_bfloat16` (export.with_compute_dtype).
+    """
     from training import data  # pylint: disable=import-outside-toplevel
     config = config if isinstance(config, GroupBertConfig) else GroupBertConfig.load(config)
     model, path = restore_model(task, config, model_dir, checkpoint)
@@ -92,11 +96,12 @@ def export_from_checkpoint(model_dir, config, task, export_dir, vocab=None, seq_
     _, output_task = TASK_MODEL_BUILDERS[task]
     if output_task == "pretraining":
         written = export.export_pretraining_model(model, vocab, export_dir,
-                                                  seq_length=seq_length, version=version)
+                                                  seq_length=seq_length, version=version,
+                                                  compute_dtype=compute_dtype)
     else:
         written = export.export_saved_model(model, vocab, export_dir, output_task,
                                             seq_length=seq_length, version=version,
-                                            lower_case=lower_case)
+                                            lower_case=lower_case, compute_dtype=compute_dtype)
     labels = os.path.join(model_dir, "labels.txt")
     if output_task == "classification" and os.path.isfile(labels):
         # Same place as training.finetune: index i of `probabilities` is line i.
@@ -116,6 +121,9 @@ def define_flags():
     flags.DEFINE_bool("lower_case", True, "Lower-case and strip accents (uncased vocab).")
     flags.DEFINE_integer("seq_length", 128, "Packed length of the text signatures.")
     flags.DEFINE_integer("version", None, "Version number (default: next free integer).")
+    flags.DEFINE_enum("compute_dtype", "float32", sorted(export.COMPUTE_DTYPE_POLICIES),
+                      "Serving compute dtype: bfloat16 runs matmuls on oneDNN's bf16 kernels "
+                      "(AVX512_BF16 / AMX CPUs); variables and outputs stay float32.")
     flags.mark_flag_as_required("model_dir")
 
 
@@ -124,7 +132,8 @@ def main(argv):
     path = export_from_checkpoint(FLAGS.model_dir, FLAGS.config, FLAGS.task, FLAGS.export_dir,
                                   vocab=FLAGS.vocab, seq_length=FLAGS.seq_length,
                                   version=FLAGS.version, checkpoint=FLAGS.checkpoint,
-                                  lower_case=FLAGS.lower_case)
+                                  lower_case=FLAGS.lower_case,
+                                  compute_dtype=FLAGS.compute_dtype)
     print(path)
 
 
