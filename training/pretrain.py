@@ -15,7 +15,8 @@ from absl import app, flags, logging
 
 from groupbert_tf import export  # noqa: F401  (written next)
 from groupbert_tf.config import GroupBertConfig
-from training import data, pretraining_data, tfrecord, trainer
+from training import checkpointing, data, flag_checks, pretraining_data, run_folder, tfrecord
+from training import trainer
 from training import strategy as strategy_lib
 
 FLAGS = flags.FLAGS
@@ -113,13 +114,33 @@ def main(argv):
         sys.exit(1)
 
 
+# Flags that a run folder records and a rerun takes back (all but where the run is and
+# what it starts from), so rerunning with only --model_dir resumes the same run.
+_NOT_RECORDED = ("model_dir", "config", "overrides", "init_checkpoint")
+
+
+def _run_flags():
+    return {f.name: f.value for f in FLAGS.get_key_flags_for_module(sys.modules[__name__])
+            if f.name not in _NOT_RECORDED}
+
+
 def _main(argv):
     del argv
+    if checkpointing.candidates(os.path.join(FLAGS.model_dir, "checkpoints")):
+        run_folder.restore_flags(FLAGS, FLAGS.model_dir, _run_flags())
     config_overrides = apply_overrides(FLAGS.overrides) if FLAGS.overrides else {}
+    flag_checks.check(FLAGS)  # Before anything is built.
+    run_folder.check_writable(FLAGS.model_dir, "--model_dir")
+    if FLAGS.export_dir:
+        run_folder.check_writable(FLAGS.export_dir, "--export_dir")
     # The strategy must exist before TensorFlow creates any tensor.
     strategy, _ = strategy_lib.strategy_from_flags()
 
-    config = load_config(FLAGS.config, config_overrides, FLAGS.overrides)
+    config_source = FLAGS.config
+    recorded_config = os.path.join(FLAGS.model_dir, run_folder.CONFIG)
+    if not FLAGS["config"].present and os.path.isfile(recorded_config):
+        config_source = recorded_config  # --config is needed only to start a run.
+    config = load_config(config_source, config_overrides, FLAGS.overrides)
     logging.info("Model config:\n%s", config.to_json())
     strategy_lib.per_replica_batch_size(FLAGS.batch_size, strategy.num_replicas_in_sync,
                                         "batch_size")
@@ -164,7 +185,7 @@ def _main(argv):
         mixed_precision=FLAGS.mixed_precision, jit_compile=FLAGS.xla, verbose=FLAGS.verbose)
     keras.utils.set_random_seed(FLAGS.seed)
     model, throughput, results = trainer.pretrain(config, settings, strategy, train_dataset_fn,
-                                                  validation)
+                                                  validation, flag_values=_run_flags())
     summary = {"step": int(model.optimizer.iterations.numpy()), "model_dir": FLAGS.model_dir}
     if throughput.history:
         summary.update(throughput.history[-1])
