@@ -34,7 +34,8 @@ def test_tiny_preset_output_shapes_and_dtypes(family, make_inputs):
     assert all(v.dtype == "float32" for v in outputs.values())
     layer_class = GroupBertLayer if family == "groupbert" else BertLayer
     assert [type(layer) for layer in encoder.transformer_layers] == [layer_class] * 2
-    assert set(encoder.input) == {"token_ids", "segment_ids", "padding_mask"}
+    # sequence_ids is the optional input of packed rows (tests/test_packing.py).
+    assert set(encoder.input) == {"token_ids", "segment_ids", "padding_mask", "sequence_ids"}
 
 
 def test_symbolic_output_shapes(tiny_config):
@@ -75,7 +76,8 @@ def test_gelu_form_reaches_every_ffn(tiny_config):
 def test_final_layer_norm_only_for_pre_norm(tiny_config):
     names = {family: [layer.name for layer in GroupBertEncoder(tiny_config(family)).layers]
              for family in FAMILIES}
-    assert names["groupbert"] == ["token_ids", "segment_ids", "embeddings", "padding_mask",
+    assert names["groupbert"] == ["token_ids", "segment_ids", "sequence_ids", "embeddings",
+                                  "padding_mask",
                                   "transformer_layer_0", "transformer_layer_1",
                                   "final_layer_norm", "pooler"]
     assert "final_layer_norm" not in names["bert"]

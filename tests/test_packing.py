@@ -113,3 +113,183 @@ def test_layout_rejects_overfull_rows_and_unaligned_input():
 def test_check_packed_rows_names_the_problem(sequence_ids, cls_positions, message):
     with pytest.raises(ValueError, match=message):
         packing.check_packed_rows(sequence_ids, cls_positions)
+
+
+# --- the model: packed rows compute what their sequences compute unpacked --------------------
+
+FAMILIES = ["groupbert", "bert"]
+
+
+def _models(tiny_config, randomize_weights, family, **overrides):
+    from groupbert_tf.models import GroupBertClassifier, GroupBertPretrainer
+
+    config = tiny_config(family, hidden_dropout=0.0, attention_dropout=0.0, **overrides)
+    pretrainer = randomize_weights(GroupBertPretrainer(config), seed=3)
+    classifier = randomize_weights(GroupBertClassifier(encoder=pretrainer.encoder, num_labels=3),
+                                   seed=4)
+    return pretrainer, classifier
+
+
+def _mlm_positions(lengths, per_sequence, seed=0):
+    """`per_sequence` distinct positions inside each sequence, [CLS] excluded: [N, P]."""
+    rng = np.random.default_rng(seed)
+    return np.stack([rng.choice(np.arange(1, n), per_sequence, replace=False)
+                     for n in lengths]).astype(np.int32)
+
+
+def _pack_case(examples, rows, seq_length, slots, mlm_positions):
+    """Packed model inputs and labels for `rows`, and each sequence's (row, slot, start)."""
+    packed = packing.layout_packed_rows(examples, rows, seq_length, slots,
+                                        per_sequence=("labels",))
+    per_sequence = mlm_positions.shape[1]
+    positions = np.zeros((len(rows), slots * per_sequence), np.int32)
+    mlm_ids = np.zeros_like(positions)
+    weights = np.zeros(positions.shape, np.float32)
+    where = {}
+    for r, row in enumerate(rows):
+        for slot, index in enumerate(row):
+            start = packed["cls_positions"][r, slot]
+            where[index] = (r, slot, start)
+            cols = slice(slot * per_sequence, (slot + 1) * per_sequence)
+            positions[r, cols] = start + mlm_positions[index]
+            mlm_ids[r, cols] = examples["mlm_ids"][index]
+            weights[r, cols] = 1.0
+    inputs = {name: packed[name] for name in (*packing.ROW_FEATURES, "cls_positions")}
+    inputs["masked_lm_positions"] = positions
+    labels = {"masked_lm_ids": mlm_ids, "masked_lm_weights": weights,
+              "next_sentence_labels": packed["labels"] % 2,
+              "sequence_weights": packed["sequence_weights"]}
+    return inputs, labels, where
+
+
+def _unpacked_case(examples, mlm_positions):
+    inputs = {name: examples[name] for name in ("token_ids", "segment_ids", "padding_mask")}
+    inputs["masked_lm_positions"] = mlm_positions
+    labels = {"masked_lm_ids": examples["mlm_ids"],
+              "masked_lm_weights": np.ones(mlm_positions.shape, np.float32),
+              "next_sentence_labels": examples["labels"] % 2}
+    return inputs, labels
+
+
+def _assert_packed_equals_unpacked(pretrainer, classifier, examples, rows, seq_length, slots,
+                                   mlm_positions):
+    from keras import ops
+
+    lengths = examples["padding_mask"].sum(axis=1)
+    inputs, _, where = _pack_case(examples, rows, seq_length, slots, mlm_positions)
+    unpacked, _ = _unpacked_case(examples, mlm_positions)
+    encoder = pretrainer.encoder
+    packed_out = encoder({k: inputs[k] for k in packing.ROW_FEATURES})
+    packed_seq = ops.convert_to_numpy(packed_out["sequence_output"])
+    packed_pooled = ops.convert_to_numpy(encoder.pool(packed_out["sequence_output"],
+                                                      inputs["cls_positions"]))
+    packed_heads = {k: ops.convert_to_numpy(v) for k, v in pretrainer(inputs).items()}
+    packed_class = ops.convert_to_numpy(classifier(inputs)["logits"])
+    ref_out = encoder({k: unpacked[k] for k in ("token_ids", "segment_ids", "padding_mask")})
+    ref_seq = ops.convert_to_numpy(ref_out["sequence_output"])
+    ref_pooled = ops.convert_to_numpy(ref_out["pooled_output"])
+    ref_heads = {k: ops.convert_to_numpy(v) for k, v in pretrainer(unpacked).items()}
+    ref_class = ops.convert_to_numpy(classifier(unpacked)["logits"])
+    p = mlm_positions.shape[1]
+    for index, (r, slot, start) in where.items():
+        n = lengths[index]
+        pairs = [
+            (packed_seq[r, start:start + n], ref_seq[index, :n]),
+            (packed_pooled[r, slot], ref_pooled[index]),
+            (packed_heads["mlm_logits"][r, slot * p:(slot + 1) * p],
+             ref_heads["mlm_logits"][index]),
+            (packed_heads["nsp_logits"][r, slot], ref_heads["nsp_logits"][index]),
+            (packed_class[r, slot], ref_class[index]),
+        ]
+        for got, want in pairs:
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_packed_forward_equals_unpacked_random_lengths(family, tiny_config, randomize_weights):
+    # Row 0 is full (its last sequence ends at the row's end); row 1 ends in padding; a
+    # sequence of length 2 is shorter than the conv kernel's reach.
+    lengths = [7, 9, 8, 5, 11, 2]
+    examples = _unpacked(lengths, seq=12, seed=1)
+    examples["mlm_ids"] = np.random.default_rng(2).integers(0, 61, (6, 1)).astype(np.int32)
+    pretrainer, classifier = _models(tiny_config, randomize_weights, family)
+    rows = [(0, 1, 2), (3, 4, 5)]
+    _assert_packed_equals_unpacked(pretrainer, classifier, examples, rows, 24, 3,
+                                   _mlm_positions(lengths, 1))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_outputs_do_not_depend_on_pack_mates(family, tiny_config, randomize_weights):
+    from keras import ops
+
+    lengths = [8, 6, 10, 9]
+    examples = _unpacked(lengths, seq=12, seed=5)
+    encoder = _models(tiny_config, randomize_weights, family)[0].encoder
+
+    def sequence_0(rows, keep_apart=True):
+        packed = packing.layout_packed_rows(examples, rows, 24, 3)
+        names = packing.ROW_FEATURES if keep_apart else packing.ROW_FEATURES[:3]
+        out = ops.convert_to_numpy(encoder({k: packed[k] for k in names})["sequence_output"])
+        r = next(i for i, row in enumerate(rows) if 0 in row)
+        start = packed["cls_positions"][r, rows[r].index(0)]
+        return out[r, start:start + 8]
+
+    alone = sequence_0([(0,)])
+    np.testing.assert_allclose(sequence_0([(0, 1)]), alone, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(sequence_0([(2, 0, 1)]), alone, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(sequence_0([(3, 0)]), alone, rtol=1e-5, atol=1e-5)
+    # Without sequence_ids the row is one long sequence and the mates leak in.
+    assert np.abs(sequence_0([(3, 0)], keep_apart=False) - alone).max() > 1e-2
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_packed_gradients_equal_unpacked(family, tiny_config, randomize_weights):
+    import tensorflow as tf
+
+    lengths = [7, 9, 8, 5, 11, 2]
+    examples = _unpacked(lengths, seq=12, seed=7)
+    examples["mlm_ids"] = np.random.default_rng(8).integers(0, 61, (6, 2)).astype(np.int32)
+    pretrainer, _ = _models(tiny_config, randomize_weights, family)
+    mlm_positions = _mlm_positions(lengths, 1, seed=9)
+    mlm_positions = np.concatenate([mlm_positions, np.maximum(mlm_positions - 1, 1)], axis=1)
+    mlm_positions[5] = [1, 1]  # a repeated position counts twice in both layouts
+    packed_x, packed_y, _ = _pack_case(examples, [(4, 3, 5), (1, 0, 2)], 24, 3, mlm_positions)
+    unpacked_x, unpacked_y = _unpacked_case(examples, mlm_positions)
+
+    def loss_and_grads(x, y):
+        with tf.GradientTape() as tape:
+            loss = pretrainer.compute_loss(y=y, y_pred=pretrainer(x, training=True))
+        return float(loss), tape.gradient(loss, pretrainer.trainable_variables)
+
+    packed_loss, packed_grads = loss_and_grads(packed_x, packed_y)
+    loss, grads = loss_and_grads(unpacked_x, unpacked_y)
+    assert packed_loss == pytest.approx(loss, rel=1e-6)
+    dense = [[np.asarray(tf.convert_to_tensor(g)) for g in gs] for gs in (packed_grads, grads)]
+    total = np.sqrt(sum(np.sum(w ** 2) for w in dense[1]))
+    total_error = np.sqrt(sum(np.sum((g - w) ** 2) for g, w in zip(*dense)))
+    assert total_error <= 1e-5 * total
+    # Per variable, relative to its own norm; the attention key bias has an exactly zero
+    # gradient (softmax ignores a per-query constant), so its floor is 1e-3 of the total.
+    for variable, got, want in zip(pretrainer.trainable_variables, *dense):
+        scale = max(np.linalg.norm(want), 1e-3 * total)
+        assert np.linalg.norm(got - want) <= 1e-5 * scale, variable.path
+
+
+def test_conv_tap_mask_hand_example():
+    from keras import ops
+
+    from groupbert_tf.layers.convolution_module import conv_tap_mask
+
+    # Kernel 3 (taps t-1, t, t+1); sequences [1, 1], [2, 2, 2], then padding.
+    mask = ops.convert_to_numpy(conv_tap_mask(np.array([[1, 1, 2, 2, 2, 0]]), 3))[0]
+    np.testing.assert_array_equal(mask, [[0, 1, 1], [1, 1, 0], [0, 1, 1], [1, 1, 1],
+                                         [1, 1, 0], [0, 1, 0]])
+
+
+def test_packed_position_ids_restart_per_sequence():
+    from keras import ops
+
+    from groupbert_tf.layers.embeddings import packed_position_ids
+
+    ids = ops.convert_to_numpy(packed_position_ids(np.array([[1, 1, 1, 2, 2, 3, 0, 0]])))
+    np.testing.assert_array_equal(ids, [[0, 1, 2, 0, 1, 0, 6, 7]])

@@ -36,7 +36,8 @@ def _check_lengths(lengths, seq_length, max_sequences_per_pack):
         raise ValueError(f"max_sequences_per_pack must be >= 1, got {max_sequences_per_pack}")
     lengths = np.asarray(lengths, dtype=np.int64)
     if lengths.ndim != 1:
-        raise ValueError(f"lengths must be a 1-D list of sequence lengths, got shape {lengths.shape}")
+        raise ValueError(f"lengths must be a 1-D list of sequence lengths, got shape "
+                         f"{lengths.shape}")
     too_long = np.flatnonzero(lengths > seq_length)
     if too_long.size:
         i = too_long[0]

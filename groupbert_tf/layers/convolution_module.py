@@ -6,7 +6,21 @@ from keras import ops
 from groupbert_tf.layers.initializers import truncated_normal
 
 
-def grouped_conv1d(inputs, kernel, groups):
+def conv_tap_mask(sequence_ids, kernel_size):
+    """[B, S, K] float mask, 1 where tap k of position t reads a position of t's sequence.
+
+    With packed rows (`sequence_ids`: 0 on padding, j on the j-th sequence) this keeps the
+    kernel from reading across a sequence boundary, exactly as if each sequence had its own
+    zero padding. Taps past the row's ends read the convolution's zero padding either way.
+    """
+    pad = (kernel_size - 1) // 2
+    sequence_length = ops.shape(sequence_ids)[1]
+    padded = ops.pad(sequence_ids, ((0, 0), (pad, kernel_size - 1 - pad)), constant_values=-1)
+    taps = ops.stack([padded[:, k:k + sequence_length] for k in range(kernel_size)], axis=2)
+    return ops.cast(ops.equal(taps, sequence_ids[:, :, None]), "float32")
+
+
+def grouped_conv1d(inputs, kernel, groups, tap_mask=None):
     """'Same'-padded, stride-1 grouped 1-D convolution as one batched matmul over groups.
 
     `kernel` has the layout of Keras' grouped `Conv1D` kernel, [K, C/groups, C]. The padded
@@ -15,7 +29,7 @@ def grouped_conv1d(inputs, kernel, groups):
     measured under XLA on 2 CPU cores (benchmarks/grouped_conv.py, docs/benchmarks.md), this
     was fastest: 0.73x the time of one einsum over stacked taps ('bskgi,kigo->bsgo'), 0.65x a
     sum of K per-tap einsums, and ~90x faster than Keras' grouped `Conv1D`, whose kernel gradient
-    is a slow path on CPU.
+    is a slow path on CPU. `tap_mask` ([B, S, K], see `conv_tap_mask`) zeroes single taps.
     """
     kernel_size, group_in, channels = kernel.shape
     group_out = channels // groups
@@ -25,6 +39,8 @@ def grouped_conv1d(inputs, kernel, groups):
     padded = ops.reshape(padded, (batch, -1, groups, group_in))
     padded = ops.transpose(padded, (2, 0, 1, 3))  # [G, B, S + K - 1, C/G]
     taps = ops.stack([padded[:, :, k:k + sequence_length] for k in range(kernel_size)], axis=3)
+    if tap_mask is not None:
+        taps = taps * ops.cast(tap_mask, taps.dtype)[None, :, :, :, None]
     taps = ops.reshape(taps, (groups, -1, kernel_size * group_in))  # [G, B*S, K*C/G]
     grouped_kernel = ops.reshape(kernel, (kernel_size, group_in, groups, group_out))
     grouped_kernel = ops.reshape(ops.transpose(grouped_kernel, (2, 0, 1, 3)),
@@ -39,7 +55,8 @@ class ConvolutionModule(keras.layers.Layer):
     """GLU -> padding mask -> grouped conv (no bias) -> LayerNorm -> Swish -> dense.
 
     Multiplying by the padding mask before the convolution keeps padded positions from
-    leaking into real tokens through the kernel's receptive field. No dropout inside.
+    leaking into real tokens through the kernel's receptive field. With packed rows,
+    `sequence_ids` also keeps the taps inside each sequence. No dropout inside.
     """
 
     def __init__(self, hidden_size, kernel_size=7, group_size=16, layer_norm_epsilon=1e-3,
@@ -71,11 +88,13 @@ class ConvolutionModule(keras.layers.Layer):
                                                name="output", dtype=self.dtype_policy)
         self.output_dense.build(input_shape)
 
-    def call(self, inputs, padding_mask):
+    def call(self, inputs, padding_mask, sequence_ids=None):
         values, gates = ops.split(self.glu(inputs), 2, axis=-1)
         hidden = values * ops.sigmoid(gates)
         hidden = hidden * ops.cast(padding_mask, hidden.dtype)[:, :, None]
-        hidden = grouped_conv1d(hidden, ops.cast(self.conv_kernel, hidden.dtype), self.groups)
+        tap_mask = None if sequence_ids is None else conv_tap_mask(sequence_ids, self.kernel_size)
+        hidden = grouped_conv1d(hidden, ops.cast(self.conv_kernel, hidden.dtype), self.groups,
+                                tap_mask)
         hidden = ops.silu(self.conv_norm(hidden))
         return self.output_dense(hidden)
 

@@ -13,7 +13,9 @@ class SelfAttention(keras.layers.Layer):
     """Multi-head self-attention with an additive mask on padded keys.
 
     Scores and softmax run in float32 even under mixed precision. `call(...,
-    return_attention_probs=True)` also returns the [B, heads, S, S] probabilities.
+    return_attention_probs=True)` also returns the [B, heads, S, S] probabilities. With
+    packed rows, `sequence_ids` [B, S] (0 = padding, j = j-th sequence) keeps each sequence's
+    attention inside the sequence.
     """
 
     def __init__(self, hidden_size, num_heads, attention_dropout=0.0, initializer_range=0.02,
@@ -39,13 +41,20 @@ class SelfAttention(keras.layers.Layer):
     def _split_heads(self, x):
         return ops.reshape(x, (*ops.shape(x)[:2], self.num_heads, self.hidden_size // self.num_heads))
 
-    def call(self, inputs, padding_mask, training=None, return_attention_probs=False):
+    def call(self, inputs, padding_mask, training=None, return_attention_probs=False,
+             sequence_ids=None):
         query = self._split_heads(self.query_dense(inputs))
         key = self._split_heads(self.key_dense(inputs))
         value = self._split_heads(self.value_dense(inputs))
         query = query * ops.cast(1.0 / math.sqrt(self.hidden_size // self.num_heads), query.dtype)
         scores = ops.cast(ops.einsum("bqhd,bkhd->bhqk", query, key), "float32")
-        key_is_padding = 1.0 - ops.cast(padding_mask, "float32")[:, None, None, :]
+        if sequence_ids is None:
+            key_is_padding = 1.0 - ops.cast(padding_mask, "float32")[:, None, None, :]
+        else:
+            # Packed rows: a query sees only the real keys of its own sequence.
+            same = ops.equal(sequence_ids[:, :, None], sequence_ids[:, None, :])
+            visible = ops.logical_and(same, ops.cast(padding_mask, "bool")[:, None, :])
+            key_is_padding = 1.0 - ops.cast(visible, "float32")[:, None]
         probs = ops.softmax(scores - 1e9 * key_is_padding, axis=-1)
         dropped = self.dropout(ops.cast(probs, value.dtype), training=training)
         context = ops.einsum("bhqk,bkhd->bqhd", dropped, value)

@@ -76,7 +76,10 @@ class TransformerLayer(keras.layers.Layer):
         """Each module's LayerNorm, in the same order."""
         return [getattr(self, f"{name}_norm") for name in self.module_names()]
 
-    def call(self, inputs, padding_mask, training=None, return_attention_probs=False):
+    def call(self, inputs, padding_mask, training=None, return_attention_probs=False,
+             sequence_ids=None):
+        """`sequence_ids` (packed rows, 0 = padding) keeps attention and convolution within
+        each sequence; None is the unpacked model."""
         hidden = inputs
         attention_probs = None
         for name in self.module_names():
@@ -84,11 +87,12 @@ class TransformerLayer(keras.layers.Layer):
             module_input = norm(hidden) if self.norm_placement == "pre" else hidden
             if name == "attention":
                 module_output = module(module_input, padding_mask, training=training,
-                                       return_attention_probs=return_attention_probs)
+                                       return_attention_probs=return_attention_probs,
+                                       sequence_ids=sequence_ids)
                 if return_attention_probs:
                     module_output, attention_probs = module_output
             elif name == "convolution":
-                module_output = module(module_input, padding_mask)
+                module_output = module(module_input, padding_mask, sequence_ids)
             else:
                 module_output = module(module_input)
             # Post-norm leaves the residual stream in the float32 of its LayerNorm while the

@@ -4,8 +4,8 @@ import keras
 from keras import ops
 
 from groupbert_tf.layers.initializers import truncated_normal
-from groupbert_tf.models.encoder import ENCODER_INPUTS, GroupBertEncoder, as_config
-from groupbert_tf.models.task_model import TaskModel
+from groupbert_tf.models.encoder import GroupBertEncoder, as_config, encoder_inputs
+from groupbert_tf.models.task_model import TaskModel, sequence_weights
 
 
 def _labels(y, key):
@@ -18,6 +18,10 @@ class GroupBertClassifier(TaskModel):
 
     Inputs: `token_ids`, `segment_ids`, `padding_mask` [B, S]. Output: {"logits": [B, L]}
     (float32). Labels: {"labels": int [B]} (a bare [B] tensor works too).
+
+    Packed rows (training/packing.py) add `sequence_ids` [B, S] and `cls_positions` [B, k]:
+    each example is classified on its own [CLS], logits are [B, k, L], labels [B, k] with
+    `sequence_weights` [B, k] (1.0 on slots with an example).
 
     The loss is a sum divided by a count (`loss_sums`, `loss_counts`), like the pre-trainer,
     so the distributed train step of `training.train_step` divides by the global batch.
@@ -41,22 +45,27 @@ class GroupBertClassifier(TaskModel):
         self.accuracy = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
 
     def call(self, inputs, training=None):
-        encoded = self.encoder({name: inputs[name] for name in ENCODER_INPUTS}, training=training)
-        pooled = self.dropout(encoded["pooled_output"], training=training)
+        encoded = self.encoder(encoder_inputs(inputs), training=training)
+        pooled = encoded["pooled_output"]
+        if "cls_positions" in inputs:
+            pooled = self.encoder.pool(encoded["sequence_output"], inputs["cls_positions"])
+        pooled = self.dropout(pooled, training=training)
         return {"logits": ops.cast(self.classifier(pooled), "float32")}
 
     def loss_counts(self, y):
-        return {"classification": ops.cast(ops.shape(_labels(y, "labels"))[0], "float32")}
+        return {"classification": ops.sum(sequence_weights(y, _labels(y, "labels")))}
 
     def loss_sums(self, y, y_pred):
         losses = keras.losses.sparse_categorical_crossentropy(
             _labels(y, "labels"), y_pred["logits"], from_logits=True)
-        return {"classification": ops.sum(losses)}
+        weights = sequence_weights(y, _labels(y, "labels"))
+        return {"classification": ops.sum(losses * weights)}
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         mean, count = self.mean_losses(y, y_pred)["classification"]
         self.loss_tracker_.update_state(mean, sample_weight=count)
-        self.accuracy.update_state(_labels(y, "labels"), y_pred["logits"])
+        self.accuracy.update_state(_labels(y, "labels"), y_pred["logits"],
+                                   sample_weight=sequence_weights(y, _labels(y, "labels")))
         return self.get_metrics_result()
 
     @property

@@ -11,6 +11,14 @@ from groupbert_tf.layers.initializers import truncated_normal
 
 # The encoder's inputs (int32 [batch, seq]); padding_mask is 1 on real tokens.
 ENCODER_INPUTS = ("token_ids", "segment_ids", "padding_mask")
+# The optional input of packed rows (training/packing.py): 0 on padding, j on the tokens of
+# the j-th sequence of the row. Without it a row is one sequence (the unpacked model).
+SEQUENCE_IDS = "sequence_ids"
+
+
+def encoder_inputs(inputs):
+    """The encoder's inputs from a task model's input dict (`sequence_ids` if packed)."""
+    return {name: inputs[name] for name in (*ENCODER_INPUTS, SEQUENCE_IDS) if name in inputs}
 
 
 def as_config(config) -> GroupBertConfig:
@@ -56,13 +64,19 @@ class GroupBertEncoder(keras.Model):
     `final_layer_norm`, `pooler`.
 
     `GroupBertEncoder("groupbert-base")` builds a preset.
+
+    Packed rows (several sequences per row, training/packing.py) add the optional input
+    `sequence_ids`: attention and convolution stay within each sequence and positions restart
+    at each one, so every sequence gets the outputs it gets unpacked. `pooled_output` is then
+    the first sequence's; `pool(sequence_output, cls_positions)` pools every sequence.
     """
 
     def __init__(self, config, dtype=None, **kwargs):
         config = as_config(config)
         inputs = {
-            name: keras.Input(shape=(None,), dtype="int32", name=name)
-            for name in ENCODER_INPUTS
+            name: keras.Input(shape=(None,), dtype="int32", name=name,
+                              optional=name == SEQUENCE_IDS)
+            for name in (*ENCODER_INPUTS, SEQUENCE_IDS)
         }
         embeddings = BertEmbeddings(
             vocab_size=config.vocab_size,
@@ -75,17 +89,19 @@ class GroupBertEncoder(keras.Model):
             name="embeddings",
             dtype=dtype,
         )
-        hidden = embeddings(inputs["token_ids"], inputs["segment_ids"])
+        hidden = embeddings(inputs["token_ids"], inputs["segment_ids"],
+                            sequence_ids=inputs[SEQUENCE_IDS])
         transformer_layers = [make_layer(config, i, dtype) for i in range(config.num_layers)]
         for layer in transformer_layers:
-            hidden = layer(hidden, inputs["padding_mask"])
+            hidden = layer(hidden, inputs["padding_mask"], sequence_ids=inputs[SEQUENCE_IDS])
         if config.norm_placement == "pre":
             hidden = keras.layers.LayerNormalization(
                 epsilon=config.layer_norm_epsilon, name="final_layer_norm", dtype="float32")(hidden)
-        pooled = keras.layers.Dense(
+        pooler = keras.layers.Dense(
             config.hidden_size, activation="tanh",
             kernel_initializer=truncated_normal(config.initializer_range),
-            name="pooler", dtype=dtype)(hidden[:, 0])
+            name="pooler", dtype=dtype)
+        pooled = pooler(hidden[:, 0])
         super().__init__(inputs=inputs,
                          outputs={"sequence_output": hidden, "pooled_output": pooled},
                          dtype=dtype, **kwargs)
@@ -96,6 +112,19 @@ class GroupBertEncoder(keras.Model):
         self.config = config
         self.embeddings = embeddings
         self.transformer_layers = transformer_layers
+        self.pooler = pooler
+
+    def __call__(self, inputs, *args, **kwargs):
+        # Unpacked callers pass the three ENCODER_INPUTS; the functional graph wants every key.
+        if isinstance(inputs, dict) and SEQUENCE_IDS not in inputs:
+            inputs = {**inputs, SEQUENCE_IDS: None}
+        return super().__call__(inputs, *args, **kwargs)
+
+    def pool(self, sequence_output, cls_positions):
+        """The pooler on each packed sequence's [CLS]: [B, k, hidden] for [B, k] positions."""
+        cls = ops.take_along_axis(sequence_output,
+                                  ops.cast(cls_positions, "int32")[:, :, None], axis=1)
+        return self.pooler(cls)
 
     @property
     def word_embeddings(self):
@@ -104,10 +133,13 @@ class GroupBertEncoder(keras.Model):
 
     def attention_probabilities(self, inputs):
         """Per-layer attention probabilities [batch, heads, seq, seq] for analysis."""
-        hidden = self.embeddings(inputs["token_ids"], inputs["segment_ids"])
+        sequence_ids = inputs.get(SEQUENCE_IDS)
+        hidden = self.embeddings(inputs["token_ids"], inputs["segment_ids"],
+                                 sequence_ids=sequence_ids)
         probabilities = []
         for layer in self.transformer_layers:
-            hidden, probs = layer(hidden, inputs["padding_mask"], return_attention_probs=True)
+            hidden, probs = layer(hidden, inputs["padding_mask"], return_attention_probs=True,
+                                  sequence_ids=sequence_ids)
             probabilities.append(probs)
         return probabilities
 

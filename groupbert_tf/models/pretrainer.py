@@ -5,8 +5,8 @@ from keras import ops
 
 from groupbert_tf.layers.initializers import truncated_normal
 from groupbert_tf.layers.masked_lm_head import MaskedLMHead
-from groupbert_tf.models.encoder import ENCODER_INPUTS, GroupBertEncoder, as_config
-from groupbert_tf.models.task_model import TaskModel
+from groupbert_tf.models.encoder import GroupBertEncoder, as_config, encoder_inputs
+from groupbert_tf.models.task_model import TaskModel, sequence_weights
 
 
 @keras.saving.register_keras_serializable(package="groupbert_tf")
@@ -16,6 +16,11 @@ class GroupBertPretrainer(TaskModel):
     Inputs: `token_ids`, `segment_ids`, `padding_mask` [B, S] and `masked_lm_positions` [B, P].
     Labels: `masked_lm_ids` [B, P], `masked_lm_weights` [B, P] (0 on unused slots),
     `next_sentence_labels` [B] (0 = IsNext, 1 = NotNext, as Google's BERT data).
+
+    Packed rows (training/packing.py) add `sequence_ids` [B, S] and `cls_positions` [B, k] to
+    the inputs; `next_sentence_labels` is then [B, k] and the labels hold `sequence_weights`
+    [B, k] (1.0 on slots with a sequence): NSP runs on every sequence's [CLS], MLM on all
+    masked tokens of the row.
 
     Each loss term is a sum divided by a count (`loss_sums`, `loss_counts`). A distributed
     train step divides the per-replica sums by the global counts, so N replicas compute exactly
@@ -43,17 +48,20 @@ class GroupBertPretrainer(TaskModel):
         self.nsp_accuracy = keras.metrics.SparseCategoricalAccuracy(name="nsp_accuracy")
 
     def call(self, inputs, training=None):
-        encoded = self.encoder({name: inputs[name] for name in ENCODER_INPUTS}, training=training)
+        encoded = self.encoder(encoder_inputs(inputs), training=training)
+        pooled = encoded["pooled_output"]
+        if "cls_positions" in inputs:
+            pooled = self.encoder.pool(encoded["sequence_output"], inputs["cls_positions"])
         return {
             "mlm_logits": self.mlm_head(encoded["sequence_output"], inputs["masked_lm_positions"]),
-            "nsp_logits": ops.cast(self.nsp_head(encoded["pooled_output"]), "float32"),
+            "nsp_logits": ops.cast(self.nsp_head(pooled), "float32"),
         }
 
     def loss_counts(self, y):
         """How many items each loss term averages over (local to this replica)."""
         return {
             "mlm": ops.sum(ops.cast(y["masked_lm_weights"], "float32")),
-            "nsp": ops.cast(ops.shape(y["next_sentence_labels"])[0], "float32"),
+            "nsp": ops.sum(sequence_weights(y, y["next_sentence_labels"])),
         }
 
     def loss_sums(self, y, y_pred):
@@ -62,7 +70,8 @@ class GroupBertPretrainer(TaskModel):
             y["masked_lm_ids"], y_pred["mlm_logits"], from_logits=True)
         nsp = keras.losses.sparse_categorical_crossentropy(
             y["next_sentence_labels"], y_pred["nsp_logits"], from_logits=True)
-        return {"mlm": ops.sum(mlm * weights), "nsp": ops.sum(nsp)}
+        nsp_weights = sequence_weights(y, y["next_sentence_labels"])
+        return {"mlm": ops.sum(mlm * weights), "nsp": ops.sum(nsp * nsp_weights)}
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         losses = self.mean_losses(y, y_pred)
@@ -70,7 +79,9 @@ class GroupBertPretrainer(TaskModel):
         self.nsp_loss_tracker.update_state(losses["nsp"][0], sample_weight=losses["nsp"][1])
         self.mlm_accuracy.update_state(y["masked_lm_ids"], y_pred["mlm_logits"],
                                        sample_weight=y["masked_lm_weights"])
-        self.nsp_accuracy.update_state(y["next_sentence_labels"], y_pred["nsp_logits"])
+        self.nsp_accuracy.update_state(
+            y["next_sentence_labels"], y_pred["nsp_logits"],
+            sample_weight=sequence_weights(y, y["next_sentence_labels"]))
         return self.get_metrics_result()
 
     @property

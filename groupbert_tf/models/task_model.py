@@ -4,6 +4,14 @@ import keras
 from keras import ops
 
 
+def sequence_weights(y, labels):
+    """1.0 per real sequence: the `sequence_weights` [B, k] of packed rows
+    (training/packing.py; 0 on empty slots), else one per row, shaped like `labels`."""
+    if isinstance(y, dict) and "sequence_weights" in y:
+        return ops.cast(y["sequence_weights"], "float32")
+    return ops.ones(ops.shape(labels), "float32")
+
+
 class TaskModel(keras.Model):
     """A task model defines `loss_counts(y)` (items each loss term averages over) and
     `loss_sums(y, y_pred)` (the summed per-item losses).
