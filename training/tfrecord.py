@@ -33,7 +33,7 @@ def _flatten(features, labels):
 
 
 def serialize_examples(flat):
-    """Yields serialized `tf.train.Example`s of a flat batch-major dict.
+    """Yields serialized `tf.train.Example`s (deterministic bytes) of a flat batch-major dict.
 
     Args:
       flat: every feature and label of the `training.masking` format, numpy
@@ -55,7 +55,9 @@ def serialize_examples(flat):
                 feature[theirs] = tf.train.Feature(
                     int64_list=tf.train.Int64List(value=value.astype(np.int64))
                 )
-        yield tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+        example = tf.train.Example(features=tf.train.Features(feature=feature))
+        # Sorted map keys: the same example gives the same bytes in every process.
+        yield example.SerializeToString(deterministic=True)
 
 
 def write_examples(path, features, labels):

@@ -1,0 +1,381 @@
+"""An Apache Beam pipeline: corpus files -> sharded pre-training TFRecords.
+
+The in-memory pipeline (`training.pretraining_data`) holds the whole corpus and
+every pair in one process. This one streams: files are read a block at a time,
+tokenized in batches on any number of workers, and pairs are built per
+*document pool*, so a worker's memory is one pool and one shard, never the
+corpus. It runs on Beam's DirectRunner here and unchanged on Dataflow, Flink
+or Spark.
+
+Stages:
+  1. Read: each input file streams its documents, keyed (file index, document
+     index). A file that is not UTF-8, not readable, not JSON lines where JSON
+     lines were asked for, or holds no text fails the run, naming the file.
+  2. Tokenize: batches of documents through the in-graph WordPiece tokenizer
+     (`tokenize_sentences`); documents left without tokens are dropped.
+  3. Pool: a document goes to pool `md5(key) % num_pools`. Within a pool the
+     documents are sorted by key and `create_pairs` runs `dupe_factor` times,
+     exactly as `create_examples` does over the whole corpus: NSP's random next
+     segment comes from another document of the same pool.
+  4. Mask (static, Google's rule, `training.static_masking`) and serialize.
+  5. Shard: an example goes to shard `hash % num_shards` and is ordered within
+     its shard by another hash; each shard is written to a hidden temporary
+     file and renamed into place, so a shard is either absent or complete.
+  6. Manifest: `manifest.json`, written last, lists every shard with its
+     example count and sha256, plus the settings and totals.
+
+Determinism: every random choice is seeded by (seed, pool) and every order is a
+sort by key or hash, so the output depends on the corpus and the settings only:
+not on the runner, the number of workers or how bundles are split.
+The number of shards changes which file holds an example, not the examples.
+With one pool the examples are exactly those of the in-memory pipeline
+(`create_examples`) for the same seed.
+"""
+
+import codecs
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import random
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+
+from training import pretraining_data
+
+MANIFEST = "manifest.json"
+FORMATS = ("text", "jsonl")
+
+
+class CorpusError(ValueError):
+    """An input file cannot be used; the message names it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Everything that decides the output (recorded in the manifest)."""
+
+    vocab: str
+    seq_length: int = 128
+    dupe_factor: int = 5
+    short_seq_prob: float = 0.1
+    max_predictions_per_seq: int = 20
+    masked_lm_prob: float = 0.15
+    num_pools: int = 1
+    num_shards: int = 8
+    seed: int = 0
+    text_field: str = "text"
+
+    def __post_init__(self):
+        checks = [
+            ("seq_length", self.seq_length >= 5, "must be >= 5 ([CLS], [SEP], [SEP] and 2 tokens)"),
+            ("dupe_factor", self.dupe_factor >= 1, "must be >= 1"),
+            ("short_seq_prob", 0 <= self.short_seq_prob <= 1, "must be in [0, 1]"),
+            ("max_predictions_per_seq", self.max_predictions_per_seq >= 1, "must be >= 1"),
+            ("masked_lm_prob", 0 < self.masked_lm_prob <= 1, "must be in (0, 1]"),
+            ("num_pools", self.num_pools >= 1, "must be >= 1"),
+            ("num_shards", self.num_shards >= 1, "must be >= 1"),
+        ]
+        for name, ok, why in checks:
+            if not ok:
+                raise ValueError(f"--{name}={getattr(self, name)} {why}")
+
+
+def auto_count(total_bytes, bytes_each, minimum=1):
+    """How many pools (or shards) keep each near `bytes_each` of input text."""
+    return max(minimum, math.ceil(total_bytes / bytes_each))
+
+
+def expand_inputs(patterns):
+    """Input files or globs -> sorted, de-duplicated (path, size) per pattern, in order.
+
+    Raises:
+      CorpusError: a pattern matches nothing, or a file is empty (named).
+    """
+    files, seen = [], set()
+    for pattern in patterns:
+        try:
+            matched = FileSystems.match([pattern])[0].metadata_list
+        except Exception as e:  # Beam raises BeamIOError for missing folders and bad schemes.
+            raise CorpusError(f"Corpus input {pattern}: {e}") from None
+        if not matched:
+            raise CorpusError(f"Corpus input {pattern} matches no file")
+        for meta in sorted(matched, key=lambda m: m.path):
+            if meta.path in seen:
+                continue
+            seen.add(meta.path)
+            if meta.size_in_bytes == 0:
+                raise CorpusError(f"Corpus file {meta.path} is empty")
+            files.append((meta.path, meta.size_in_bytes))
+    return files
+
+
+def input_format(path, requested="auto"):
+    """'jsonl' for *.jsonl / *.json files under `auto`, else 'text'."""
+    if requested != "auto":
+        return requested
+    return "jsonl" if path.endswith((".jsonl", ".json")) else "text"
+
+
+def _open_binary(path):
+    try:
+        return FileSystems.open(path)
+    except Exception as e:  # Beam wraps OSError in BeamIOError.
+        raise CorpusError(f"Corpus file {path} cannot be read: {e}") from None
+
+
+def _iter_jsonl(path, text_field, open_binary):
+    """The `text_field` string of each object of a JSON-lines file."""
+    with open_binary(path) as f:
+        for number, raw in enumerate(f, 1):
+            if not raw.strip():
+                continue
+            try:
+                record = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError as e:
+                raise CorpusError(f"Corpus file {path} is not UTF-8 text (line {number}: "
+                                  f"{e.reason})") from None
+            except json.JSONDecodeError as e:
+                raise CorpusError(f"Corpus file {path} line {number} is not JSON: {e}") from None
+            if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
+                raise CorpusError(f"Corpus file {path} line {number} has no string field "
+                                  f"{text_field!r} (--text_field)")
+            yield record[text_field]
+
+
+def iter_jsonl_documents(path, text_field, open_binary=_open_binary):
+    """Streams the documents of a JSON-lines file: the `text_field` of each object."""
+    for text in _iter_jsonl(path, text_field, open_binary):
+        sentences = pretraining_data.document_sentences(text.splitlines())
+        if sentences:
+            yield sentences
+
+
+def check_input(path, fmt, text_field):
+    """Reads a local input once (UTF-8, JSON where asked, any text) so that a bad file fails
+    the launcher with one line, before workers start; workers check remote inputs.
+
+    Raises:
+      CorpusError: naming the file (and the line).
+    """
+    has_text = False
+    if fmt == "jsonl":
+        for record in _iter_jsonl(path, text_field, _open_binary):
+            has_text = has_text or bool(record.strip())
+    else:
+        decoder = codecs.getincrementaldecoder("utf-8")()
+        with _open_binary(path) as f:
+            try:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    has_text = bool(decoder.decode(block).strip()) or has_text
+                decoder.decode(b"", final=True)
+            except UnicodeDecodeError:
+                try:
+                    for _ in pretraining_data.iter_documents(path, _open_binary):
+                        pass
+                except ValueError as e:
+                    raise CorpusError(str(e)) from None
+    if not has_text:
+        raise CorpusError(f"Corpus file {path} holds no text")
+
+
+class ReadDocuments(beam.DoFn):
+    """(file index, path, format) -> ((file index, document index), sentences)."""
+
+    def __init__(self, text_field):
+        self._text_field = text_field
+        self._documents = beam.metrics.Metrics.counter("pretraining", "documents")
+
+    def process(self, element):
+        file_index, path, fmt = element
+        if fmt == "jsonl":
+            documents = iter_jsonl_documents(path, self._text_field)
+        else:
+            documents = pretraining_data.iter_documents(path, open_binary=_open_binary)
+        count = 0
+        try:
+            for count, sentences in enumerate(documents, 1):
+                yield (file_index, count - 1), sentences
+        except CorpusError:
+            raise
+        except ValueError as e:  # iter_documents names the file already.
+            raise CorpusError(str(e)) from None
+        if count == 0:
+            raise CorpusError(f"Corpus file {path} holds no text")
+        self._documents.inc(count)
+
+
+class Tokenize(beam.DoFn):
+    """Batches of (key, sentences) -> (key, token id sentences), empty documents dropped."""
+
+    def __init__(self, vocab):
+        self._vocab = vocab
+        self._tokenizer = None
+
+    def setup(self):
+        from groupbert_tf import tokenization  # pylint: disable=import-outside-toplevel
+
+        self._tokenizer = tokenization.BertTokenizer(self._vocab)
+
+    def process(self, batch):
+        keys = [key for key, _ in batch]
+        ids = pretraining_data.tokenize_sentences([doc for _, doc in batch], self._tokenizer)
+        for key, doc in zip(keys, ids):
+            if doc:
+                yield key, doc
+
+
+def _hash(*parts):
+    return int.from_bytes(hashlib.md5(repr(parts).encode()).digest()[:8], "big")
+
+
+def pool_of(key, num_pools):
+    """The document pool of a document key: stable across runs and runners."""
+    return _hash("pool", key) % num_pools
+
+
+def pool_rng(seed, pool, num_pools):
+    """One pool is the whole corpus: then the in-memory pipeline's `Random(seed)`."""
+    return random.Random(seed if num_pools == 1 else f"pairs {seed} {pool}")
+
+
+class BuildExamples(beam.DoFn):
+    """(pool, [(key, document)]) -> (shard, (order key, serialized example, NSP label))."""
+
+    def __init__(self, settings):
+        self._settings = settings
+        self._examples = beam.metrics.Metrics.counter("pretraining", "examples")
+
+    def setup(self):
+        from groupbert_tf import tokenization  # pylint: disable=import-outside-toplevel
+        from training import static_masking  # pylint: disable=import-outside-toplevel
+
+        tokenizer = tokenization.BertTokenizer(self._settings.vocab)
+        self._ids = (tokenizer.cls_id, tokenizer.sep_id, tokenizer.pad_id)
+        self._masker = static_masking.StaticMasker(
+            tokenizer.vocab_size, tokenizer.mask_id, tokenizer.special_ids,
+            self._settings.max_predictions_per_seq, self._settings.masked_lm_prob)
+
+    def process(self, element, chunk=512):
+        from training import tfrecord  # pylint: disable=import-outside-toplevel
+
+        s = self._settings
+        pool, keyed = element
+        documents = [doc for _, doc in sorted(keyed, key=lambda kd: kd[0])]
+        if len(documents) < 2:
+            raise CorpusError(f"Document pool {pool} of {s.num_pools} has {len(documents)} "
+                              "document(s); NSP needs 2: use fewer --num_pools")
+        pair_rng = pool_rng(s.seed, pool, s.num_pools)
+        mask_rng = random.Random(f"masks {s.seed} {pool}")
+        index = 0
+        for _ in range(s.dupe_factor):  # One pass of pairs in memory at a time.
+            pairs = pretraining_data.create_pairs(documents, s.seq_length, pair_rng,
+                                                  s.short_seq_prob)
+            for start in range(0, len(pairs), chunk):
+                packed = pretraining_data.pack_pairs(pairs[start : start + chunk],
+                                                     s.seq_length, *self._ids)
+                masked = self._masker(packed, mask_rng)
+                labels = masked["next_sentence_labels"].tolist()
+                for record, label in zip(tfrecord.serialize_examples(masked), labels):
+                    order = _hash("order", s.seed, pool, index)
+                    yield order % s.num_shards, (order // s.num_shards, record, label)
+                    index += 1
+        self._examples.inc(index)
+
+
+def shard_name(shard, num_shards):
+    return f"examples-{shard:05d}-of-{num_shards:05d}.tfrecord"
+
+
+def write_shard(output_dir, shard, num_shards, records):
+    """Writes one shard atomically: a hidden temporary file, then a rename.
+
+    Returns:
+      The shard's manifest entry.
+    """
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
+    name = shard_name(shard, num_shards)
+    final = os.path.join(output_dir, name)
+    tmp = os.path.join(output_dir, f".tmp-{name}-{os.getpid()}-{random.getrandbits(32):08x}")
+    digest = hashlib.sha256()
+    counts = [0, 0]
+    with tf.io.TFRecordWriter(tmp) as writer:
+        for _, record, label in sorted(records, key=lambda r: r[0]):
+            writer.write(record)
+            counts[label] += 1
+    with tf.io.gfile.GFile(tmp, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    tf.io.gfile.rename(tmp, final, overwrite=True)  # A retried bundle rewrites the same bytes.
+    return {"file": name, "examples": counts[0] + counts[1], "is_next": counts[0],
+            "random_next": counts[1], "sha256": digest.hexdigest()}
+
+
+class WriteShard(beam.DoFn):
+    """(shard, records) -> its manifest entry, after the file is in place."""
+
+    def __init__(self, output_dir, num_shards):
+        self._output_dir = output_dir
+        self._num_shards = num_shards
+
+    def process(self, element):
+        shard, records = element
+        yield write_shard(self._output_dir, shard, self._num_shards, records)
+
+
+def write_manifest(entries, output_dir, settings, inputs):
+    """Writes the empty shards no example went to, then `manifest.json` (atomic)."""
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
+    by_name = {e["file"]: e for e in entries}
+    for shard in range(settings.num_shards):
+        if shard_name(shard, settings.num_shards) not in by_name:
+            entry = write_shard(output_dir, shard, settings.num_shards, [])
+            by_name[entry["file"]] = entry
+    shards = [by_name[name] for name in sorted(by_name)]
+    manifest = {
+        "format": "google-bert-pretraining",
+        "settings": dataclasses.asdict(settings),
+        "inputs": [{"path": p, "bytes": size} for p, size in inputs],
+        "examples": sum(e["examples"] for e in shards),
+        "is_next": sum(e["is_next"] for e in shards),
+        "random_next": sum(e["random_next"] for e in shards),
+        "shards": shards,
+    }
+    tmp = os.path.join(output_dir, f".tmp-{MANIFEST}-{os.getpid()}")
+    with tf.io.gfile.GFile(tmp, "w") as f:
+        f.write(json.dumps(manifest, indent=2) + "\n")
+    tf.io.gfile.rename(tmp, os.path.join(output_dir, MANIFEST), overwrite=True)
+    return manifest
+
+
+def build(pipeline, inputs, output_dir, settings, requested_format="auto"):
+    """Adds the pipeline's stages to `pipeline`.
+
+    Args:
+      pipeline: a `beam.Pipeline`.
+      inputs: [(path, size)] from `expand_inputs`.
+      output_dir: an existing, empty folder (any filesystem TensorFlow writes to).
+      settings: a `Settings`.
+      requested_format: "auto", "text" or "jsonl".
+    """
+    files = [(i, path, input_format(path, requested_format)) for i, (path, _) in
+             enumerate(inputs)]
+    return (
+        pipeline
+        | "Files" >> beam.Create(files)
+        | "Read" >> beam.ParDo(ReadDocuments(settings.text_field))
+        | "Spread" >> beam.Reshuffle()
+        | "Batch" >> beam.BatchElements(min_batch_size=16, max_batch_size=256)
+        | "Tokenize" >> beam.ParDo(Tokenize(settings.vocab))
+        | "ToPool" >> beam.Map(lambda kd, n: (pool_of(kd[0], n), kd), settings.num_pools)
+        | "GroupPools" >> beam.GroupByKey()
+        | "Examples" >> beam.ParDo(BuildExamples(settings))
+        | "GroupShards" >> beam.GroupByKey()
+        | "WriteShards" >> beam.ParDo(WriteShard(output_dir, settings.num_shards))
+        | "Entries" >> beam.combiners.ToList()
+        | "Manifest" >> beam.Map(write_manifest, output_dir, settings, inputs)
+    )
