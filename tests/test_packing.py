@@ -293,3 +293,98 @@ def test_packed_position_ids_restart_per_sequence():
 
     ids = ops.convert_to_numpy(packed_position_ids(np.array([[1, 1, 1, 2, 2, 3, 0, 0]])))
     np.testing.assert_array_equal(ids, [[0, 1, 2, 0, 1, 0, 6, 7]])
+
+
+# --- real data: pairs of the default corpus ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def real_pairs(tmp_path_factory):
+    """Unmasked pre-training pairs (seq 128) from the first 60 documents of the real corpus,
+    the corpus file and the vocab."""
+    from groupbert_tf import tokenization
+    from training import data
+    from training import pretraining_data as pd
+
+    data.fetch()
+    with open(data.default_corpus_path(), encoding="utf-8") as f:
+        blocks = f.read().split("\n\n")[:60]
+    path = tmp_path_factory.mktemp("corpus") / "small.txt"
+    path.write_text("\n\n".join(blocks), encoding="utf-8")
+    tokenizer = tokenization.BertTokenizer(data.default_vocab_path())
+    documents = pd.tokenize_documents(pd.read_documents(str(path)), tokenizer)
+    examples = pd.create_examples(documents, tokenizer, seq_length=128, dupe_factor=1, seed=0)
+    return examples, str(path), data.default_vocab_path()
+
+
+def test_pack_examples_keeps_every_real_pair(real_pairs):
+    examples = real_pairs[0]
+    packed, efficiency = packing.pack_examples(examples, 128, 3, seed=0,
+                                               per_sequence=("next_sentence_labels",))
+    packing.check_packed_rows(packed["sequence_ids"], packed["cls_positions"],
+                              packed["padding_mask"])
+    lengths = examples["padding_mask"].sum(axis=1)
+    assert efficiency == pytest.approx(lengths.sum() / packed["padding_mask"].size)
+    assert efficiency > lengths.mean() / 128 + 0.1  # packing removes padding
+    unpacked = sorted((tuple(examples["token_ids"][i, :n]), tuple(examples["segment_ids"][i, :n]),
+                       int(examples["next_sentence_labels"][i])) for i, n in enumerate(lengths))
+    repacked = []
+    for r in range(len(packed["token_ids"])):
+        ids = packed["sequence_ids"][r]
+        for slot in range(int(ids.max())):
+            where = ids == slot + 1
+            repacked.append((tuple(packed["token_ids"][r, where]),
+                             tuple(packed["segment_ids"][r, where]),
+                             int(packed["next_sentence_labels"][r, slot])))
+    assert sorted(repacked) == unpacked
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_packed_forward_equals_unpacked_real_lengths(family, real_pairs, tiny_config,
+                                                     randomize_weights):
+    examples = dict(real_pairs[0])
+    examples = {k: v[:24] for k, v in examples.items()}
+    lengths = examples["padding_mask"].sum(axis=1)
+    examples["labels"] = examples["next_sentence_labels"]
+    examples["mlm_ids"] = examples["token_ids"][:, 1:3]
+    pretrainer, classifier = _models(tiny_config, randomize_weights, family,
+                                     vocab_size=30522, max_position_embeddings=128)
+    rows = packing.pack_sequences(lengths, 128, 3, seed=0)
+    assert max(len(row) for row in rows) > 1
+    _assert_packed_equals_unpacked(pretrainer, classifier, examples, rows, 128, 3,
+                                   _mlm_positions(lengths, 2))
+
+
+def test_packed_pretraining_dataset(real_pairs):
+    import tensorflow as tf
+
+    from training import pretraining_data as pd
+
+    _, corpus, vocab = real_pairs
+    ds = pd.pretraining_dataset(corpus, vocab, batch_size=8, seq_length=128,
+                                max_predictions_per_seq=20, dupe_factor=1,
+                                validation_fraction=0, seed=1, max_sequences_per_pack=3)
+    features, labels = ds.element_spec
+    assert {k: s.shape.as_list() for k, s in features.items()} == {
+        "token_ids": [8, 128], "segment_ids": [8, 128], "padding_mask": [8, 128],
+        "sequence_ids": [8, 128], "cls_positions": [8, 3], "masked_lm_positions": [8, 20]}
+    assert {k: (s.shape.as_list(), s.dtype) for k, s in labels.items()} == {
+        "masked_lm_ids": ([8, 20], tf.int32), "masked_lm_weights": ([8, 20], tf.float32),
+        "next_sentence_labels": ([8, 3], tf.int32), "sequence_weights": ([8, 3], tf.float32)}
+    masked, maskable = 0, 0
+    for x, y in ds.take(6):
+        x, y = {k: v.numpy() for k, v in x.items()}, {k: v.numpy() for k, v in y.items()}
+        packing.check_packed_rows(x["sequence_ids"], x["cls_positions"], x["padding_mask"])
+        # Every sequence starts with [CLS]; masked positions are real, never [CLS]/[SEP].
+        starts = np.take_along_axis(x["token_ids"], x["cls_positions"], axis=1)
+        assert (starts[y["sequence_weights"] > 0] == 101).all()
+        used = y["masked_lm_weights"] > 0
+        positions = x["masked_lm_positions"][used]
+        rows = np.nonzero(used)[0]
+        assert (x["padding_mask"][rows, positions] == 1).all()
+        cls = [set(x["cls_positions"][r][y["sequence_weights"][r] > 0]) for r in range(8)]
+        assert not any(p in cls[r] for r, p in zip(rows, positions))
+        masked += used.sum()
+        maskable += x["padding_mask"].sum() - 3 * y["sequence_weights"].sum()
+    # 15% of the maskable tokens of the row, whichever sequence they are in.
+    assert 0.13 < masked / maskable < 0.17

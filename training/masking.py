@@ -14,18 +14,28 @@ The element format produced here is the interface the model consumes:
             masked_lm_weights                     float32 [B, P] (0 = unused)
             next_sentence_labels                  int32 [B] (0 = IsNext)
 Unused prediction slots have position 0, id 0 and weight 0.
+Packed rows (training/packing.py) add `sequence_ids` [B, S] and `cls_positions` [B, k] to
+the features and `sequence_weights` [B, k] to the labels; `next_sentence_labels` is then
+[B, k]. Masking is the same: 15% of the row's maskable tokens, whichever sequence they
+belong to, so each token is masked at the unpacked rate.
 """
 
 import tensorflow as tf
 import tensorflow_text as tf_text
 
 
+PACKED_FEATURES = ("sequence_ids", "cls_positions")
+PACKED_LABELS = ("sequence_weights",)
+
+
 def split_features_labels(example):
-    """Flat dict of the format above -> (features, labels)."""
+    """Flat dict of the format above (packed or not) -> (features, labels)."""
     features = {
         k: example[k] for k in ("token_ids", "segment_ids", "padding_mask", "masked_lm_positions")
     }
     labels = {k: example[k] for k in ("masked_lm_ids", "masked_lm_weights", "next_sentence_labels")}
+    features.update({k: example[k] for k in PACKED_FEATURES if k in example})
+    labels.update({k: example[k] for k in PACKED_LABELS if k in example})
     return features, labels
 
 
@@ -86,7 +96,8 @@ class MlmMasker:
 
         Args:
           batch: dict with int32 `token_ids`, `segment_ids`, `padding_mask`
-            [B, S] and `next_sentence_labels` [B].
+            [B, S] and `next_sentence_labels` [B]; packed rows also carry the
+            packed keys of this module's docstring (passed through).
 
         Returns:
           (features, labels) in the format of this module's docstring.
@@ -118,5 +129,6 @@ class MlmMasker:
                 "masked_lm_ids": tf.cast(ids, tf.int32),
                 "masked_lm_weights": tf.cast(weights, tf.float32),
                 "next_sentence_labels": tf.cast(batch["next_sentence_labels"], tf.int32),
+                **{k: batch[k] for k in PACKED_FEATURES + PACKED_LABELS if k in batch},
             }
         )

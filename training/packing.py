@@ -229,3 +229,15 @@ def check_packed_rows(sequence_ids, cls_positions, padding_mask=None):
         if padding_mask is not None and not np.array_equal(np.asarray(padding_mask[r]) != 0,
                                                            ids != 0):
             raise ValueError(f"padding_mask of row {r} differs from sequence_ids > 0")
+
+
+def pack_examples(examples, seq_length, max_sequences_per_pack, seed=0, per_sequence=()):
+    """Unpacked examples -> packed rows (`pack_sequences` then `layout_packed_rows`).
+
+    Returns:
+      (packed arrays, packing efficiency: real tokens / positions of the packed rows).
+    """
+    lengths = sequence_lengths(examples["padding_mask"])
+    rows = pack_sequences(lengths, seq_length, max_sequences_per_pack, seed)
+    packed = layout_packed_rows(examples, rows, seq_length, max_sequences_per_pack, per_sequence)
+    return packed, packing_efficiency(lengths, rows, seq_length)

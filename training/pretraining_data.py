@@ -27,9 +27,10 @@ import re
 
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
 from groupbert_tf import tokenization
-from training import masking
+from training import masking, packing
 
 NEXT_SENTENCE = 0
 RANDOM_NEXT = 1
@@ -308,6 +309,7 @@ def pretraining_dataset(
     seed=0,
     shuffle_buffer=10_000,
     repeat=True,
+    max_sequences_per_pack=None,
 ):
     """The MLM + NSP training (or validation) dataset from corpus files.
 
@@ -324,6 +326,9 @@ def pretraining_dataset(
       seed: seeds pairing, shuffling and masking.
       shuffle_buffer: examples in the shuffle buffer (train only).
       repeat: repeat forever (train only).
+      max_sequences_per_pack: if set, packs up to this many pairs per row
+        (training/packing.py; `batch_size` then counts rows) and logs the
+        packing efficiency.
 
     Returns:
       A `tf.data.Dataset` of (features, labels), see `training.masking`.
@@ -341,6 +346,14 @@ def pretraining_dataset(
         short_seq_prob,
         seed,
     )
+    if max_sequences_per_pack:
+        pairs = len(examples["token_ids"])
+        examples, efficiency = packing.pack_examples(
+            examples, seq_length, max_sequences_per_pack, seed,
+            per_sequence=("next_sentence_labels",))
+        logging.info("Packed %d %s pairs into %d rows of %d (at most %d per row): packing "
+                     "efficiency %.1f%%", pairs, split, len(examples["token_ids"]), seq_length,
+                     max_sequences_per_pack, 100 * efficiency)
     if len(examples["token_ids"]) < batch_size:
         raise ValueError(
             f"The {split} split of {corpus_paths} gives "
