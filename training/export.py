@@ -1,7 +1,10 @@
 """`python -m training.export`: a trained checkpoint -> a TF Serving SavedModel (raw text in).
 
-  python -m training.export --model_dir=runs/pretrain --config=groupbert-mini \
-      --task=pretraining --export_dir=saved_models/groupbert-mini
+  python -m training.export --model_dir=runs/pretrain --task=pretraining \
+      --export_dir=saved_models/groupbert-mini
+
+The model config is the one the run recorded in `<model_dir>/config.json`
+(training.run_folder); `--config` is for folders that predate those records.
 
 Restores the newest checkpoint of `<model_dir>/checkpoints` (for fine-tuning runs, whose best
 epoch lives in `<model_dir>/best`, that one when `checkpoints/` has none) or `--checkpoint`,
@@ -21,7 +24,7 @@ from absl import app, flags, logging
 
 from groupbert_tf import export
 from groupbert_tf.config import GroupBertConfig
-from training import trainer
+from training import cli, flag_checks, run_folder, trainer
 
 FLAGS = flags.FLAGS
 
@@ -75,10 +78,32 @@ def restore_model(task, config, model_dir, checkpoint=None):
     model = builder(config, model_dir)
     path = trainer.find_checkpoint(checkpoint or model_dir,
                                    "--checkpoint" if checkpoint else "--model_dir")
-    status = tf.train.Checkpoint(model=model).restore(path).expect_partial()
-    # Every model variable must come from the checkpoint (optimizer state may be skipped).
-    status.assert_existing_objects_matched()
+    try:
+        status = tf.train.Checkpoint(model=model).restore(path).expect_partial()
+        # Every model variable must come from the checkpoint (optimizer state may be skipped).
+        status.assert_existing_objects_matched()
+    except (AssertionError, ValueError, tf.errors.OpError) as error:
+        raise ValueError(f"checkpoint {path} does not fit a {task} model of this config "
+                         f"({str(error).splitlines()[0]}); is --config the run's?") from None
     return model, path
+
+
+def resolve_config(config, model_dir):
+    """`config` (preset, JSON file or GroupBertConfig), or, when None, the one the run in
+    `model_dir` recorded; an explicit config that contradicts the record is refused."""
+    recorded = run_folder.read_config(model_dir, search_run_folder=True)
+    if config is None:
+        if recorded is None:
+            raise ValueError(f"--model_dir {model_dir} records no {run_folder.CONFIG} "
+                             "(a run from before run folders recorded it): pass --config")
+        return recorded
+    config = config if isinstance(config, GroupBertConfig) else GroupBertConfig.load(config)
+    changed = recorded and run_folder.config_changes(
+        recorded, config, ignore=("hidden_dropout", "attention_dropout"))
+    if changed:
+        raise ValueError(f"--config differs from the config recorded in {model_dir}: "
+                         f"{', '.join(changed)}; leave --config out to use the recorded one")
+    return config
 
 
 def export_from_checkpoint(model_dir, config, task, export_dir, vocab=None, seq_length=128,
@@ -89,7 +114,7 @@ def export_from_checkpoint(model_dir, config, task, export_dir, vocab=None, seq_
     `compute_dtype="bfloat16"` serves under `mixed_bfloat16` (export.with_compute_dtype).
     """
     from training import data  # pylint: disable=import-outside-toplevel
-    config = config if isinstance(config, GroupBertConfig) else GroupBertConfig.load(config)
+    config = resolve_config(config, checkpoint or model_dir)
     model, path = restore_model(task, config, model_dir, checkpoint)
     logging.info("Restored weights from %s", path)
     vocab = vocab or data.default_vocab_path()
@@ -112,7 +137,8 @@ def export_from_checkpoint(model_dir, config, task, export_dir, vocab=None, seq_
 
 def define_flags():
     flags.DEFINE_string("model_dir", None, "Training run folder (its checkpoints/ or best).")
-    flags.DEFINE_string("config", "groupbert-mini", "Preset name or GroupBertConfig JSON file.")
+    flags.DEFINE_string("config", None, "Preset name or GroupBertConfig JSON file (default: "
+                        "the config.json that the training run recorded in --model_dir).")
     flags.DEFINE_enum("task", "pretraining", sorted(TASK_MODEL_BUILDERS), "Model to export.")
     flags.DEFINE_string("export_dir", "saved_models/groupbert-mini",
                         "Model folder; the export goes to <export_dir>/<version>.")
@@ -129,6 +155,8 @@ def define_flags():
 
 def main(argv):
     del argv
+    flag_checks.check(FLAGS)
+    run_folder.check_writable(FLAGS.export_dir, "--export_dir")
     path = export_from_checkpoint(FLAGS.model_dir, FLAGS.config, FLAGS.task, FLAGS.export_dir,
                                   vocab=FLAGS.vocab, seq_length=FLAGS.seq_length,
                                   version=FLAGS.version, checkpoint=FLAGS.checkpoint,
@@ -139,4 +167,4 @@ def main(argv):
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main, argv=sys.argv)
+    app.run(cli.one_line_errors(main, "export"), argv=sys.argv)

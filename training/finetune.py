@@ -35,11 +35,13 @@ from groupbert_tf.models.encoder import GroupBertEncoder, as_config
 from groupbert_tf.models.span_labeler import GroupBertSpanLabeler
 from groupbert_tf.tokenization import BertTokenizer
 from training import data as data_lib
-from training import glue_data, squad_data, trainer
+from training import checkpointing, cli, flag_checks, glue_data, run_folder, squad_data
+from training import trainer
 from training.optimization import WarmupPolynomialDecay, create_optimizer
 from training.train_step import XlaGradientsTrainStep
 
 TASKS = ("classification", "span")
+_DROPOUT = ("hidden_dropout", "attention_dropout")  # Set by --dropout, not by the config.
 
 
 @keras.saving.register_keras_serializable(package="groupbert_tf")
@@ -60,7 +62,9 @@ class FinetuneSettings:
     train_file: str
     eval_file: str
     model_dir: str
-    config: Any = "groupbert-mini"  # Preset name, JSON file or GroupBertConfig.
+    # Preset name, JSON file or GroupBertConfig; None: the config recorded in the
+    # --init_checkpoint run folder, else groupbert-mini.
+    config: Any = None
     init_checkpoint: Optional[str] = None
     init_hf_bert: Optional[str] = None
     vocab: Optional[str] = None
@@ -88,6 +92,7 @@ class FinetuneSettings:
     seed: int = 0
     jit_compile: bool = True
     verbose: int = 1
+    overwrite_best: bool = False  # Replace a previous run's best/ that this run cannot beat.
 
 
 def _with_dropout(encoder, rate):
@@ -112,8 +117,16 @@ def build_encoder(settings: FinetuneSettings):
         how = f"Initialised encoder weights from the Hugging Face BERT in {settings.init_hf_bert}"
         return encoder, vocab, how
     vocab = settings.vocab or data_lib.default_vocab_path()
-    config = as_config(settings.config).replace(hidden_dropout=settings.dropout,
-                                                  attention_dropout=settings.dropout)
+    recorded = (run_folder.read_config(settings.init_checkpoint, search_run_folder=True)
+                if settings.init_checkpoint else None)
+    config = as_config(settings.config or recorded or "groupbert-mini")
+    if recorded is not None:
+        changed = run_folder.config_changes(recorded, config, ignore=_DROPOUT)
+        if changed:
+            raise ValueError(f"--config differs from the config recorded with "
+                             f"--init_checkpoint {settings.init_checkpoint}: "
+                             f"{', '.join(changed)}; leave --config out to use the recorded one")
+    config = config.replace(hidden_dropout=settings.dropout, attention_dropout=settings.dropout)
     if settings.init_checkpoint:
         path = trainer.find_checkpoint(settings.init_checkpoint)
         pretrainer = trainer.PretrainingModel(config=config)
@@ -138,15 +151,48 @@ def build_encoder(settings: FinetuneSettings):
 
 
 class BestCheckpoint(keras.callbacks.Callback):
-    """Keeps the weights of the epoch with the highest `monitor` in `directory`."""
+    """Keeps the weights of the epoch with the highest `monitor` in `directory`, across reruns.
 
-    def __init__(self, directory, monitor):
+    A rerun into the same folder starts from the recorded best and replaces it only with a
+    better epoch. `identity` (task, labels, eval file, model) is what a recorded best must
+    match to be comparable and restorable; another one is refused unless `overwrite`.
+    """
+
+    def __init__(self, directory, monitor, identity=None, overwrite=False):
         super().__init__()
         self.directory = directory
         self.monitor = monitor
-        self.best = -np.inf
-        self.best_epoch = None
+        self.identity = identity or {}
         self.history: List[Dict[str, float]] = []
+        self.previous = self._previous_best(overwrite)
+        self.best = self.previous[monitor] if self.previous else -np.inf
+        self.best_epoch = None  # Of this run.
+
+    def _previous_best(self, overwrite):
+        checkpointing.remove_temporary_saves(self.directory)
+        path = os.path.join(self.directory, "best.json")
+        if not os.path.isfile(path):
+            return None
+        try:
+            with open(path, encoding="utf-8") as f:
+                record = json.load(f)
+        except (OSError, ValueError) as error:
+            raise ValueError(f"{path} cannot be read ({error}): pass --overwrite_best to "
+                             "replace that best result") from None
+        if overwrite:
+            logging.warning("--overwrite_best: replacing the best result in %s (%s = %s)",
+                            self.directory, self.monitor, record.get(self.monitor))
+            return None
+        checkpointing.check_readable(self.prefix)
+        changed = run_folder.changes(record.get("run") or {}, self.identity)
+        if changed or self.monitor not in record:
+            raise ValueError(
+                f"{self.directory} holds the best result of another run "
+                f"({', '.join(changed) or 'no ' + self.monitor}): pass --overwrite_best to "
+                "replace it, or choose another --model_dir")
+        logging.info("Best so far, from a previous run: %s = %.4f; only a better epoch "
+                     "replaces it.", self.monitor, record[self.monitor])
+        return record
 
     @property
     def prefix(self):
@@ -166,15 +212,17 @@ class BestCheckpoint(keras.callbacks.Callback):
             tf.io.gfile.makedirs(self.directory)
             tf.train.Checkpoint(model=self.model).write(self.prefix)
             with open(os.path.join(self.directory, "best.json"), "w") as f:
-                json.dump(record, f, indent=2)
+                json.dump({**record, "run": self.identity}, f, indent=2)
             logging.info("Epoch %d: %s = %.4f, the best so far: saved to %s", epoch + 1,
                          self.monitor, value, self.prefix)
         else:
-            logging.info("Epoch %d: %s = %.4f (best %.4f at epoch %d)", epoch + 1,
-                         self.monitor, value, self.best, self.best_epoch)
+            logging.info("Epoch %d: %s = %.4f (best %.4f, %s)", epoch + 1, self.monitor,
+                         value, self.best, f"epoch {self.best_epoch}" if self.best_epoch
+                         else "a previous run")
 
     def restore_best(self):
-        if self.best_epoch is not None:
+        """Loads the best weights: this run's best epoch, or the previous run's if better."""
+        if self.best_epoch is not None or self.previous is not None:
             tf.train.Checkpoint(model=self.model).read(self.prefix).expect_partial()
 
 
@@ -239,9 +287,20 @@ def _classification_data(settings, tokenizer):
 
 
 def run(settings: FinetuneSettings) -> Dict[str, Any]:
-    """Fine-tunes, keeps the best epoch, exports; returns a summary (also in results.json)."""
+    """Fine-tunes, keeps the best epoch, exports; returns a summary (also in results.json).
+
+    Holds `<model_dir>/run.lock` throughout and records the encoder config and the settings
+    there (training.run_folder), so the export CLI needs no --config.
+    """
     if settings.task not in TASKS:
         raise ValueError(f"--task must be one of {TASKS}, got {settings.task!r}")
+    if settings.export_dir:
+        run_folder.check_writable(settings.export_dir, "--export_dir")
+    with run_folder.RunLock(settings.model_dir):
+        return _run(settings)
+
+
+def _run(settings):
     started = time.perf_counter()
     keras.utils.set_random_seed(settings.seed)
     encoder, vocab, how = build_encoder(settings)
@@ -253,13 +312,11 @@ def run(settings: FinetuneSettings) -> Dict[str, Any]:
     if tokenizer.vocab_size != encoder.config.vocab_size:
         raise ValueError(f"vocab {vocab} has {tokenizer.vocab_size} tokens but the encoder's "
                          f"vocab_size is {encoder.config.vocab_size}")
-    os.makedirs(settings.model_dir, exist_ok=True)
 
     callbacks: List[keras.callbacks.Callback] = []
     labels = None
     if settings.task == "classification":
         train_ds, eval_ds, num_train, labels = _classification_data(settings, tokenizer)
-        labels.save(os.path.join(settings.model_dir, "labels.txt"))
         model = ClassifierModel(encoder=encoder, num_labels=len(labels), dropout=settings.dropout)
         monitor = "val_accuracy"
         fit_kwargs = {"validation_data": eval_ds}
@@ -293,7 +350,18 @@ def run(settings: FinetuneSettings) -> Dict[str, Any]:
                                      int(settings.warmup_proportion * total_steps), total_steps)
     optimizer = create_optimizer("adamw", schedule, weight_decay=settings.weight_decay)
     model.compile(optimizer=optimizer, jit_compile=settings.jit_compile)
-    best = BestCheckpoint(os.path.join(settings.model_dir, "best"), monitor)
+    identity = {
+        "task": settings.task, "monitor": monitor, "seq_length": settings.seq_length,
+        "eval_file": os.path.abspath(settings.eval_file),
+        "labels": labels.labels if labels else None,
+        "config": {k: v for k, v in encoder.config.to_dict().items() if k not in _DROPOUT},
+    }
+    best = BestCheckpoint(os.path.join(settings.model_dir, "best"), monitor, identity,
+                          overwrite=settings.overwrite_best)
+    # Only now, once a previous run's best is known to be comparable, replace its records.
+    run_folder.write_records(settings.model_dir, encoder.config, dataclasses.asdict(settings))
+    if labels is not None:
+        labels.save(os.path.join(settings.model_dir, "labels.txt"))
     callbacks.append(best)
     logging.info("Training %d epoch(s) of %d steps (batch %d, seq %d), peak LR %g, %d warmup "
                  "steps", settings.epochs, steps_per_epoch, settings.batch_size,
@@ -307,6 +375,7 @@ def run(settings: FinetuneSettings) -> Dict[str, Any]:
     summary: Dict[str, Any] = {
         "task": settings.task, "initialisation": how, "monitor": monitor,
         "best_epoch": best.best_epoch, "best": best.best, "history": best.history,
+        "best_from_previous_run": best.best_epoch is None and best.previous is not None,
         "train_seconds": train_seconds, "steps_per_epoch": steps_per_epoch,
     }
     if labels is not None:
@@ -345,7 +414,8 @@ def define_flags():
                         "Folder of a training.pretrain run (its checkpoints/): encoder weights.")
     flags.DEFINE_string("init_hf_bert", None, "Hugging Face BERT folder (config.json, "
                         "model.safetensors, vocab.txt): BERT-mode encoder weights.")
-    flags.DEFINE_string("config", "groupbert-mini", "Preset or JSON config (ignored with "
+    flags.DEFINE_string("config", None, "Preset or JSON config (default: the config that the "
+                        "--init_checkpoint run recorded, else groupbert-mini; ignored with "
                         "--init_hf_bert, whose config.json is used).")
     flags.DEFINE_string("vocab", None, "WordPiece vocab (default: the HF folder's vocab.txt, "
                         "else the bert-base-uncased vocab of `training.data fetch`).")
@@ -359,6 +429,8 @@ def define_flags():
     flags.DEFINE_float("weight_decay", 0.01, "Weight decay (not on biases and LayerNorm).")
     flags.DEFINE_float("dropout", 0.1, "Dropout of encoder and head during fine-tuning.")
     flags.DEFINE_string("model_dir", "runs/finetune", "Best checkpoint, labels, results.json.")
+    flags.DEFINE_bool("overwrite_best", False, "Replace the best result a previous run left in "
+                      "--model_dir even if this run is not better, or not comparable.")
     flags.DEFINE_string("export_dir", None, "SavedModel export folder; empty: no export.")
     flags.DEFINE_string("glue_task", "auto", "Column layout: auto (from the header) or one of "
                         f"{sorted(glue_data.GLUE_TASKS)}.")
@@ -378,6 +450,7 @@ def define_flags():
 
 def main(argv):
     del argv
+    flag_checks.check(FLAGS)  # Before anything is built.
     settings = FinetuneSettings(
         task=FLAGS.task, train_file=FLAGS.train_file, eval_file=FLAGS.eval_file,
         model_dir=FLAGS.model_dir, config=FLAGS.config, init_checkpoint=FLAGS.init_checkpoint,
@@ -390,11 +463,12 @@ def main(argv):
         label_column=FLAGS.label_column, no_header=FLAGS.no_header,
         doc_stride=FLAGS.doc_stride, max_query_length=FLAGS.max_query_length,
         max_answer_length=FLAGS.max_answer_length, max_train_examples=FLAGS.max_train_examples,
-        seed=FLAGS.seed, jit_compile=FLAGS.xla, verbose=FLAGS.verbose)
+        seed=FLAGS.seed, jit_compile=FLAGS.xla, verbose=FLAGS.verbose,
+        overwrite_best=FLAGS.overwrite_best)
     summary = run(settings)
     print(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=2))
 
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main, argv=sys.argv)
+    app.run(cli.one_line_errors(main, "finetune"), argv=sys.argv)

@@ -133,11 +133,22 @@ def read_examples(path, columns: Optional[Columns] = None, max_examples=None) ->
         names = {index_a: "text_a", index_label: "label"}
         if index_b is not None:
             names[index_b] = "text_b"
+        # No row may be wider than the header (or the first row): an extra column is a tab
+        # (TSV, no quoting) or an unquoted comma (CSV) inside a field, and would otherwise
+        # shift the label silently.
+        width = len(header_row) if header_row is not None else None
+        delimiter = "comma" if path.lower().endswith(".csv") else "tab"
         examples = []
         for row in reader:
             line = reader.line_num
             if not row or (len(row) == 1 and not row[0].strip()):
                 continue  # Blank line.
+            width = len(row) if width is None else width
+            if len(row) > width:
+                raise DataFormatError(
+                    f"{path}:{line}: row has {len(row)} columns but the "
+                    f"{'header' if header_row is not None else 'first row'} has {width}: a "
+                    f"field holds the delimiter ({delimiter}), or the row has stray columns")
             if len(row) < needed:
                 missing = sorted(name for i, name in names.items() if i >= len(row))
                 raise DataFormatError(

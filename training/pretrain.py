@@ -15,7 +15,7 @@ from absl import app, flags, logging
 
 from groupbert_tf import export  # noqa: F401  (written next)
 from groupbert_tf.config import GroupBertConfig
-from training import checkpointing, data, flag_checks, pretraining_data, run_folder, tfrecord
+from training import checkpointing, cli, data, flag_checks, pretraining_data, run_folder, tfrecord
 from training import trainer
 from training import strategy as strategy_lib
 
@@ -103,17 +103,6 @@ def load_config(name_or_path, overrides, overrides_path=None):
         raise ValueError(f"--overrides {overrides_path}: {error}") from error
 
 
-def main(argv):
-    """Runs `_main`; a configuration, data or divergence error ends the run with a one-line
-    message naming the flag, file or field (exit status 1), not a traceback."""
-    try:
-        _main(argv)
-    except (ValueError, FileNotFoundError, FloatingPointError) as error:
-        logging.error("%s: %s", type(error).__name__, error)
-        print(f"pretrain: error: {error}", file=sys.stderr, flush=True)
-        sys.exit(1)
-
-
 # Flags that a run folder records and a rerun takes back (all but where the run is and
 # what it starts from), so rerunning with only --model_dir resumes the same run.
 _NOT_RECORDED = ("model_dir", "config", "overrides", "init_checkpoint")
@@ -199,6 +188,10 @@ def _main(argv):
             json.dump(summary, f, indent=2)
     logging.info("Summary: %s", json.dumps(summary))
 
+
+# A configuration, data or divergence error ends the run with a one-line message naming the
+# flag, file or field (exit status 1), not a traceback.
+main = cli.one_line_errors(_main, "pretrain")
 
 if __name__ == "__main__":
     app.run(main, argv=sys.argv)
