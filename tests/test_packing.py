@@ -388,3 +388,92 @@ def test_packed_pretraining_dataset(real_pairs):
         maskable += x["padding_mask"].sum() - 3 * y["sequence_weights"].sum()
     # 15% of the maskable tokens of the row, whichever sequence they are in.
     assert 0.13 < masked / maskable < 0.17
+
+
+# --- the packed TFRecord format (Graphcore's packed layout) --------------------------------
+
+
+def _graphcore_record(path):
+    """Two packed rows written feature by feature as Graphcore's packing script lays them out
+    (docs/packing.md): input_mask = sequence index, positions restart, masked_lm_weights =
+    the sequence index of each prediction, [k] next_sentence_* features."""
+    import tensorflow as tf
+
+    def ints(v):
+        return tf.train.Feature(int64_list=tf.train.Int64List(value=v))
+
+    def floats(v):
+        return tf.train.Feature(float_list=tf.train.FloatList(value=v))
+
+    rows = [
+        dict(input_ids=[101, 7, 102, 8, 102, 101, 9, 102, 0, 0],
+             input_mask=[1, 1, 1, 1, 1, 2, 2, 2, 0, 0],
+             segment_ids=[0, 0, 0, 1, 1, 0, 0, 0, 0, 0],
+             positions=[0, 1, 2, 3, 4, 0, 1, 2, 0, 0],
+             masked_lm_positions=[1, 6, 0, 0], masked_lm_ids=[17, 19, 0, 0],
+             masked_lm_weights=[1.0, 2.0, 0.0, 0.0], next_sentence_positions=[0, 5, 0],
+             next_sentence_labels=[1, 0, 0], next_sentence_weights=[1.0, 1.0, 0.0]),
+        dict(input_ids=[101, 5, 102, 101, 6, 102, 101, 4, 102, 0],
+             input_mask=[1, 1, 1, 2, 2, 2, 3, 3, 3, 0],
+             segment_ids=[0] * 10, positions=[0, 1, 2, 0, 1, 2, 0, 1, 2, 0],
+             masked_lm_positions=[7, 0, 0, 0], masked_lm_ids=[14, 0, 0, 0],
+             masked_lm_weights=[3.0, 0.0, 0.0, 0.0], next_sentence_positions=[0, 3, 6],
+             next_sentence_labels=[0, 1, 1], next_sentence_weights=[1.0, 1.0, 1.0]),
+    ]
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for row in rows:
+            feature = {k: floats(v) if isinstance(v[0], float) else ints(v)
+                       for k, v in row.items()}
+            writer.write(tf.train.Example(
+                features=tf.train.Features(feature=feature)).SerializeToString())
+    return rows
+
+
+def test_reads_graphcore_packed_records(tmp_path):
+    from training import tfrecord
+
+    rows = _graphcore_record(tmp_path / "packed.tfrecord")
+    (x, y), = tfrecord.read_dataset(str(tmp_path / "packed.tfrecord"), 10, 4, batch_size=2,
+                                    max_sequences_per_pack=3)
+    x, y = {k: v.numpy() for k, v in x.items()}, {k: v.numpy() for k, v in y.items()}
+    np.testing.assert_array_equal(x["token_ids"], [r["input_ids"] for r in rows])
+    np.testing.assert_array_equal(x["sequence_ids"], [r["input_mask"] for r in rows])
+    np.testing.assert_array_equal(x["padding_mask"], [np.sign(r["input_mask"]) for r in rows])
+    np.testing.assert_array_equal(x["cls_positions"], [[0, 5, 0], [0, 3, 6]])
+    np.testing.assert_array_equal(x["masked_lm_positions"], [[1, 6, 0, 0], [7, 0, 0, 0]])
+    np.testing.assert_array_equal(y["masked_lm_weights"], [[1, 1, 0, 0], [1, 0, 0, 0]])
+    np.testing.assert_array_equal(y["next_sentence_labels"], [[1, 0, 0], [0, 1, 1]])
+    np.testing.assert_array_equal(y["sequence_weights"], [[1, 1, 0], [1, 1, 1]])
+
+
+def test_packed_records_round_trip_in_graphcore_layout(tmp_path):
+    import tensorflow as tf
+
+    from training import tfrecord
+
+    rows = _graphcore_record(tmp_path / "packed.tfrecord")
+    (x, y), = tfrecord.read_dataset(str(tmp_path / "packed.tfrecord"), 10, 4, batch_size=2,
+                                    max_sequences_per_pack=3)
+    tfrecord.write_examples(str(tmp_path / "again.tfrecord"), x, y)
+    for record, row in zip(tf.data.TFRecordDataset(str(tmp_path / "again.tfrecord")), rows):
+        example = tf.train.Example.FromString(record.numpy()).features.feature
+        for name, want in row.items():
+            got = example[name].float_list.value or example[name].int64_list.value
+            assert list(got) == want, name
+
+
+def test_malformed_packed_records_name_file_and_row(tmp_path):
+    import tensorflow as tf
+
+    from training import tfrecord
+
+    _graphcore_record(tmp_path / "packed.tfrecord")
+    records = list(tf.data.TFRecordDataset(str(tmp_path / "packed.tfrecord")))
+    example = tf.train.Example.FromString(records[1].numpy())
+    example.features.feature["input_mask"].int64_list.value[:] = [1, 1, 1, 3, 3, 3, 2, 2, 2, 0]
+    with tf.io.TFRecordWriter(str(tmp_path / "bad.tfrecord")) as writer:
+        writer.write(records[0].numpy())
+        writer.write(example.SerializeToString())
+    with pytest.raises(ValueError, match=r"bad.tfrecord .*: sequence_ids of row 1 are not "
+                                         "contiguous"):
+        tfrecord.read_dataset(str(tmp_path / "bad.tfrecord"), 10, 4, max_sequences_per_pack=3)

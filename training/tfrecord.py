@@ -7,6 +7,13 @@ int64 features `input_ids`, `input_mask`, `segment_ids` [S],
 float feature `masked_lm_weights` [P]. This module maps them to and from the
 (features, labels) format of `training.masking`, so such datasets plug into
 the same training loop.
+
+Packed rows (training/packing.py, docs/packing.md) are stored in the layout of
+Graphcore's packed BERT data: `input_mask` holds each token's sequence index
+(1..k, 0 = padding), `positions` restart at each sequence, `masked_lm_weights`
+holds each prediction's sequence index, and [k] features
+`next_sentence_positions` ([CLS] of each sequence), `next_sentence_labels`
+and `next_sentence_weights` (1 on slots with a sequence).
 """
 
 import os
@@ -14,7 +21,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from training import masking
+from training import masking, packing
 
 # Our name -> the TFRecord feature name.
 _NAMES = {
@@ -26,6 +33,51 @@ _NAMES = {
     "masked_lm_weights": "masked_lm_weights",
     "next_sentence_labels": "next_sentence_labels",
 }
+
+
+# Packed rows: our name -> the TFRecord feature name (Graphcore's packed layout).
+_PACKED_NAMES = {
+    "token_ids": "input_ids",
+    "sequence_ids": "input_mask",
+    "segment_ids": "segment_ids",
+    "masked_lm_positions": "masked_lm_positions",
+    "masked_lm_ids": "masked_lm_ids",
+    "masked_lm_weights": "masked_lm_weights",
+    "cls_positions": "next_sentence_positions",
+    "next_sentence_labels": "next_sentence_labels",
+    "sequence_weights": "next_sentence_weights",
+}
+_FLOAT_FEATURES = ("masked_lm_weights", "next_sentence_weights")
+
+
+def _feature(name, value):
+    value = np.reshape(value, [-1])
+    if name in _FLOAT_FEATURES:
+        return tf.train.Feature(float_list=tf.train.FloatList(value=value.astype(np.float32)))
+    return tf.train.Feature(int64_list=tf.train.Int64List(value=value.astype(np.int64)))
+
+
+def serialize_packed_examples(flat):
+    """Yields serialized packed rows (Graphcore's packed layout, see the module docstring).
+
+    Args:
+      flat: a flat batch-major dict of packed rows: the `training.masking`
+        format plus `sequence_ids`, `cls_positions` and `sequence_weights`.
+    """
+    flat = {k: np.asarray(v) for k, v in flat.items()}
+    missing = sorted(set(_PACKED_NAMES) - set(flat))
+    if missing:
+        raise ValueError(f"Cannot serialize packed rows: missing features {missing}")
+    for i in range(len(flat["token_ids"])):
+        values = {theirs: flat[ours][i] for ours, theirs in _PACKED_NAMES.items()}
+        sequence_ids = flat["sequence_ids"][i]
+        starts = np.concatenate([[0], flat["cls_positions"][i]])[sequence_ids]
+        values["positions"] = np.where(sequence_ids > 0, np.arange(len(sequence_ids)) - starts, 0)
+        predicted = sequence_ids[flat["masked_lm_positions"][i]]
+        values["masked_lm_weights"] = np.where(flat["masked_lm_weights"][i] > 0, predicted, 0)
+        feature = {name: _feature(name, value) for name, value in values.items()}
+        example = tf.train.Example(features=tf.train.Features(feature=feature))
+        yield example.SerializeToString(deterministic=True)
 
 
 def _flatten(features, labels):
@@ -71,8 +123,10 @@ def write_examples(path, features, labels):
     Returns:
       The number of examples written.
     """
+    flat = _flatten(features, labels)
+    serialize = serialize_packed_examples if "sequence_ids" in flat else serialize_examples
     try:
-        records = list(serialize_examples(_flatten(features, labels)))
+        records = list(serialize(flat))
     except ValueError as e:
         raise ValueError(f"Cannot write {path}: {e}") from None
     tmp = f"{path}.tmp-{os.getpid()}"
@@ -94,6 +148,45 @@ def _feature_spec(seq_length, max_predictions_per_seq):
         "masked_lm_weights": tf.io.FixedLenFeature([p], tf.float32),
         "next_sentence_labels": tf.io.FixedLenFeature([1], tf.int64),
     }
+
+
+def _packed_feature_spec(seq_length, max_predictions_per_seq, max_sequences_per_pack):
+    s, p, k = seq_length, max_predictions_per_seq, max_sequences_per_pack
+    spec = _feature_spec(s, p)
+    spec.update({
+        "next_sentence_positions": tf.io.FixedLenFeature([k], tf.int64),
+        "next_sentence_labels": tf.io.FixedLenFeature([k], tf.int64),
+        "next_sentence_weights": tf.io.FixedLenFeature([k], tf.float32),
+    })
+    return spec
+
+
+def _decode_packed(serialized, spec):
+    parsed = tf.io.parse_single_example(serialized, spec)
+    out = {ours: parsed[theirs] for ours, theirs in _PACKED_NAMES.items()}
+    out["padding_mask"] = out["sequence_ids"] > 0
+    out["masked_lm_weights"] = out["masked_lm_weights"] > 0
+    out = {k: tf.cast(v, tf.float32 if k in ("masked_lm_weights", "sequence_weights")
+                      else tf.int32) for k, v in out.items()}
+    return masking.split_features_labels(out)
+
+
+def check_packed_records(paths, spec):
+    """Checks every packed row of each file (`training.packing.check_packed_rows`).
+
+    Raises:
+      ValueError: naming the file and the first malformed row.
+    """
+    for path in paths:
+        rows = tf.data.TFRecordDataset(path).map(lambda x: _decode_packed(x, spec)).batch(4096)
+        offset = 0
+        for features, _ in rows:
+            try:
+                packing.check_packed_rows(features["sequence_ids"].numpy(),
+                                          features["cls_positions"].numpy())
+            except ValueError as e:
+                raise ValueError(f"{path} (rows counted from {offset}): {e}") from None
+            offset += len(features["sequence_ids"])
 
 
 def _decode(serialized, spec):
@@ -134,6 +227,7 @@ def read_dataset(
     seed=None,
     check=True,
     shuffle_buffer=10_000,
+    max_sequences_per_pack=None,
 ):
     """A dataset of (features, labels) from BERT pre-training TFRecords.
 
@@ -143,7 +237,10 @@ def read_dataset(
         with (a mismatch fails on the first record and names the feature).
       batch_size: if set, batches with `drop_remainder=True`.
       shuffle, repeat, seed, shuffle_buffer: file order and example shuffling.
-      check: read the files once upfront so corruption names the file.
+      check: read the files once upfront so corruption names the file (and,
+        for packed rows, a malformed row).
+      max_sequences_per_pack: if set, the files hold packed rows with this
+        many slots (Graphcore's packed layout, see the module docstring).
     """
     patterns = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
     files = []
@@ -154,7 +251,13 @@ def read_dataset(
         files.extend(matched)
     if check:
         check_records(files)
-    spec = _feature_spec(seq_length, max_predictions_per_seq)
+    if max_sequences_per_pack:
+        spec = _packed_feature_spec(seq_length, max_predictions_per_seq, max_sequences_per_pack)
+        decode = _decode_packed
+        if check:
+            check_packed_records(files, spec)
+    else:
+        spec, decode = _feature_spec(seq_length, max_predictions_per_seq), _decode
     ds = tf.data.Dataset.from_tensor_slices(files)
     if shuffle:
         ds = ds.shuffle(len(files), seed=seed)
@@ -165,7 +268,7 @@ def read_dataset(
         ds = ds.shuffle(shuffle_buffer, seed=seed)
     if repeat:
         ds = ds.repeat()
-    ds = ds.map(lambda x: _decode(x, spec), num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.map(lambda x: decode(x, spec), num_parallel_calls=tf.data.AUTOTUNE)
     if batch_size:
         ds = ds.batch(batch_size, drop_remainder=True)
     return ds.prefetch(tf.data.AUTOTUNE)
