@@ -25,6 +25,7 @@ RANGES = {
     "checkpoint_every": (lambda v: v >= 1, ">= 1"),
     "log_every": (lambda v: v >= 1, ">= 1"),
     "validation_fraction": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "max_sequences_per_pack": (lambda v: v >= 0, ">= 0 (0: no packing)"),
     "epochs": (lambda v: v >= 1, ">= 1"),
     "dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "doc_stride": (lambda v: v >= 1, ">= 1"),

@@ -57,6 +57,11 @@ flags.DEFINE_bool("shuffle", True,
                   "--noshuffle reads them in file order and a resumed run skips the batches "
                   "already trained on: reproducible runs, e.g. to compare strategies.")
 flags.DEFINE_float("validation_fraction", 0.01, "Share of documents held out for validation.")
+flags.DEFINE_integer("max_sequences_per_pack", 0,
+                     "Pack up to this many pairs per row (docs/packing.md; e.g. 3 at seq 128, 8 "
+                     "at 512); --batch_size then counts rows. With --tfrecords: the files hold "
+                     "packed rows with this many slots. 0: one pair per row. Validation stays "
+                     "unpacked.")
 flags.DEFINE_string("export_dir", "saved_models/groupbert-mini",
                     "SavedModel export (TF Serving layout <dir>/<version>); empty: no export.")
 flags.DEFINE_integer("verbose", 1, "Keras progress: 1 = progress bar, 2 = one line per epoch.")
@@ -143,7 +148,8 @@ def _main(argv):
             dataset = tfrecord.read_dataset(FLAGS.tfrecords, FLAGS.seq_length,
                                             FLAGS.max_predictions_per_seq, FLAGS.batch_size,
                                             shuffle=FLAGS.shuffle, repeat=True,
-                                            seed=FLAGS.seed + start_step)
+                                            seed=FLAGS.seed + start_step,
+                                            max_sequences_per_pack=FLAGS.max_sequences_per_pack)
             if not FLAGS.shuffle:  # File order: a resumed run skips what was trained on.
                 dataset = dataset.skip(start_step * FLAGS.gradient_accumulation_steps)
             # Every worker reads the same global batches and keeps its replicas' slices, so
@@ -155,7 +161,7 @@ def _main(argv):
         def train_dataset_fn(start_step):
             return pretraining_data.pretraining_dataset(
                 corpus, vocab, FLAGS.batch_size, split="train", seed=FLAGS.seed + start_step,
-                **dataset_args)
+                max_sequences_per_pack=FLAGS.max_sequences_per_pack, **dataset_args)
 
         if FLAGS.validation_fraction > 0:
             validation = pretraining_data.pretraining_dataset(
