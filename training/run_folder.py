@@ -113,8 +113,9 @@ class RunLock:
             fcntl.flock(folder, fcntl.LOCK_EX)
             try:
                 holder = _read_json(self.path)
-            except RunFolderError:
-                holder = {}  # A lock file cut short by a crash mid-write: nobody holds it.
+            except RunFolderError as error:  # Damaged on disk (it is written atomically).
+                logging.warning("Taking over %s, which cannot be read: %s", self.path, error)
+                holder = None
             if holder is not None:
                 pid = holder.get("pid")
                 same_host = holder.get("host") == socket.gethostname()
