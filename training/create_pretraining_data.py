@@ -1,4 +1,4 @@
-"""`python -m training.create_pretraining_data`: corpus files -> sharded BERT pre-training TFRecords.
+"""`python -m training.create_pretraining_data`: corpus files -> sharded pre-training TFRecords.
 
 Runs the Apache Beam pipeline of `training.pretraining_pipeline`. Here it uses the
 DirectRunner with one worker process per core; any other Beam option passes through
@@ -28,27 +28,33 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from training import data, pretraining_pipeline
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("input", None, "Corpus files or globs: text (one document per blank-line "
-                  "block) or JSON lines (*.jsonl, one object per line with a text field).")
-flags.DEFINE_enum("input_format", "auto", ["auto", *pretraining_pipeline.FORMATS],
-                  "auto: *.jsonl and *.json are JSON lines, anything else text.")
-flags.DEFINE_string("text_field", "text", "The field of a JSON-lines object that holds its text.")
-flags.DEFINE_string("output_dir", None, "Output folder (must be empty or absent).")
-flags.DEFINE_string("vocab", None, "WordPiece vocab (default: bert-base-uncased from "
-                    "`python -m training.data fetch`).")
-flags.DEFINE_integer("seq_length", 128, "Tokens per example, [CLS] and [SEP]s included.")
-flags.DEFINE_integer("dupe_factor", 5, "Passes over the corpus, each with new pairs and masks.")
-flags.DEFINE_float("short_seq_prob", 0.1, "Probability of a shorter, random target length.")
-flags.DEFINE_integer("max_predictions_per_seq", 20, "Static MLM prediction slots per example.")
-flags.DEFINE_float("masked_lm_prob", 0.15, "Share of tokens masked.")
-flags.DEFINE_integer("num_pools", 0, "Document pools NSP draws its random next segment from "
-                     "(0: one per --pool_mb of input). Changes the examples.")
-flags.DEFINE_integer("pool_mb", 8, "Input text per pool when --num_pools=0; a worker holds one "
-                     "pool's tokens and one pass of its pairs.")
-flags.DEFINE_integer("num_shards", 0, "Output files (0: at least 8, one per --shard_mb of "
-                     "input). Does not change the examples, only which file holds each.")
-flags.DEFINE_integer("shard_mb", 4, "Input text per shard when --num_shards=0.")
-flags.DEFINE_integer("seed", 0, "Seed of pairs and masks.")
+
+
+def define_flags():
+    """Defines this CLI's flags (at run time, so importing the module defines none)."""
+    flags.DEFINE_list("input", None, "Corpus files or globs: text (one document per blank-line "
+                      "block) or JSON lines (*.jsonl, one object per line with a text field).")
+    flags.DEFINE_enum("input_format", "auto", ["auto", *pretraining_pipeline.FORMATS],
+                      "auto: *.jsonl and *.json are JSON lines, anything else text.")
+    flags.DEFINE_string("text_field", "text",
+                        "The field of a JSON-lines object that holds its text.")
+    flags.DEFINE_string("output_dir", None, "Output folder (must be empty or absent).")
+    flags.DEFINE_string("vocab", None, "WordPiece vocab (default: bert-base-uncased from "
+                        "`python -m training.data fetch`).")
+    flags.DEFINE_integer("seq_length", 128, "Tokens per example, [CLS] and [SEP]s included.")
+    flags.DEFINE_integer("dupe_factor", 5, "Passes over the corpus, each with new pairs and masks.")
+    flags.DEFINE_float("short_seq_prob", 0.1, "Probability of a shorter, random target length.")
+    flags.DEFINE_integer("max_predictions_per_seq", 20, "Static MLM prediction slots per example.")
+    flags.DEFINE_float("masked_lm_prob", 0.15, "Share of tokens masked.")
+    flags.DEFINE_integer("num_pools", 0, "Document pools NSP draws its random next segment from "
+                         "(0: one per --pool_mb of input). Changes the examples.")
+    flags.DEFINE_integer("pool_mb", 8, "Input text per pool when --num_pools=0; a worker holds one "
+                         "pool's tokens and one pass of its pairs.")
+    flags.DEFINE_integer("num_shards", 0, "Output files (0: at least 8, one per --shard_mb of "
+                         "input). Does not change the examples, only which file holds each.")
+    flags.DEFINE_integer("shard_mb", 4, "Input text per shard when --num_shards=0.")
+    flags.DEFINE_integer("seed", 0, "Seed of pairs and masks.")
+
 
 _MB = 1 << 20
 
@@ -184,4 +190,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main, flags_parser=lambda argv: FLAGS(argv, known_only=True))

@@ -326,7 +326,7 @@ class WriteShard(beam.DoFn):
         yield write_shard(self._output_dir, shard, self._num_shards, records)
 
 
-def write_manifest(entries, output_dir, settings, inputs):
+def write_manifest(entries, output_dir, settings, inputs, documents):
     """Writes the empty shards no example went to, then `manifest.json` (atomic)."""
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
@@ -340,6 +340,7 @@ def write_manifest(entries, output_dir, settings, inputs):
         "format": "google-bert-pretraining",
         "settings": dataclasses.asdict(settings),
         "inputs": [{"path": p, "bytes": size} for p, size in inputs],
+        "documents": documents,
         "examples": sum(e["examples"] for e in shards),
         "is_next": sum(e["is_next"] for e in shards),
         "random_next": sum(e["random_next"] for e in shards),
@@ -364,18 +365,23 @@ def build(pipeline, inputs, output_dir, settings, requested_format="auto"):
     """
     files = [(i, path, input_format(path, requested_format)) for i, (path, _) in
              enumerate(inputs)]
-    return (
+    documents = (
         pipeline
         | "Files" >> beam.Create(files)
         | "Read" >> beam.ParDo(ReadDocuments(settings.text_field))
         | "Spread" >> beam.Reshuffle()
         | "Batch" >> beam.BatchElements(min_batch_size=16, max_batch_size=256)
         | "Tokenize" >> beam.ParDo(Tokenize(settings.vocab))
+    )
+    document_count = documents | "CountDocuments" >> beam.combiners.Count.Globally()
+    return (
+        documents
         | "ToPool" >> beam.Map(lambda kd, n: (pool_of(kd[0], n), kd), settings.num_pools)
         | "GroupPools" >> beam.GroupByKey()
         | "Examples" >> beam.ParDo(BuildExamples(settings))
         | "GroupShards" >> beam.GroupByKey()
         | "WriteShards" >> beam.ParDo(WriteShard(output_dir, settings.num_shards))
         | "Entries" >> beam.combiners.ToList()
-        | "Manifest" >> beam.Map(write_manifest, output_dir, settings, inputs)
+        | "Manifest" >> beam.Map(write_manifest, output_dir, settings, inputs,
+                                 beam.pvalue.AsSingleton(document_count))
     )

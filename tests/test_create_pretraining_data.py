@@ -1,0 +1,242 @@
+"""The Beam pre-training data pipeline (training.pretraining_pipeline and its CLI).
+
+References: the in-memory pipeline (`create_examples`) for the examples, Google's masking
+rule in closed form for the static masks, and a file reader for the shards' sha256.
+"""
+
+import collections
+import glob
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from training import data, pretraining_data, static_masking
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """The first 150 documents of the fetched Wikipedia corpus, split over two files."""
+    with open(data.default_corpus_path(), encoding="utf-8") as f:
+        blocks = f.read().split("\n\n")[:150]
+    folder = tmp_path_factory.mktemp("corpus")
+    paths = []
+    for i, part in enumerate((blocks[:90], blocks[90:])):
+        path = folder / f"part{i}.txt"
+        path.write_text("\n\n".join(part) + "\n", encoding="utf-8")
+        paths.append(str(path))
+    return paths
+
+
+def _run_pipeline(paths, output_dir, extra_options=(), **settings):
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from training import pretraining_pipeline
+
+    settings = pretraining_pipeline.Settings(vocab=data.default_vocab_path(), **settings)
+    inputs = pretraining_pipeline.expand_inputs(paths)
+    os.makedirs(output_dir)
+    options = PipelineOptions(["--runner=FnApiRunner", "--direct_running_mode=in_memory",
+                               "--direct_num_workers=1", *extra_options])
+    with beam.Pipeline(options=options) as pipeline:
+        pretraining_pipeline.build(pipeline, inputs, str(output_dir), settings)
+    with open(os.path.join(output_dir, "manifest.json")) as f:
+        return json.load(f)
+
+
+def _records(output_dir):
+    import tensorflow as tf
+
+    files = sorted(glob.glob(os.path.join(output_dir, "examples-*.tfrecord")))
+    return collections.Counter(r.numpy() for f in files for r in tf.data.TFRecordDataset(f))
+
+
+def _unmasked_examples(output_dir, seq_length, max_predictions):
+    """(token ids with the masked tokens put back, segment ids, NSP label) of every example."""
+    from training import tfrecord
+
+    files = sorted(glob.glob(os.path.join(output_dir, "examples-*.tfrecord")))
+    out = collections.Counter()
+    dataset = tfrecord.read_dataset(files, seq_length, max_predictions, check=False)
+    for features, labels in dataset.as_numpy_iterator():
+        ids = features["token_ids"].copy()
+        used = labels["masked_lm_weights"] > 0
+        ids[features["masked_lm_positions"][used]] = labels["masked_lm_ids"][used]
+        out[(ids.tobytes(), features["segment_ids"].tobytes(),
+             int(labels["next_sentence_labels"]))] += 1
+    return out
+
+
+def test_one_pool_holds_the_in_memory_pipelines_examples(corpus, tmp_path):
+    from groupbert_tf import tokenization
+
+    manifest = _run_pipeline(corpus, tmp_path / "out", seq_length=64, dupe_factor=2,
+                             num_pools=1, num_shards=3, seed=7)
+    tokenizer = tokenization.BertTokenizer(data.default_vocab_path())
+    documents = pretraining_data.tokenize_documents(pretraining_data.read_documents(corpus),
+                                                    tokenizer)
+    reference = pretraining_data.create_examples(documents, tokenizer, 64, 2, 0.1, seed=7)
+    expected = collections.Counter(
+        (reference["token_ids"][i].tobytes(), reference["segment_ids"][i].tobytes(),
+         int(reference["next_sentence_labels"][i])) for i in range(len(reference["token_ids"])))
+    assert _unmasked_examples(tmp_path / "out", 64, 20) == expected
+    assert manifest["examples"] == len(reference["token_ids"])
+    assert manifest["documents"] == len(documents)
+    assert manifest["random_next"] == int(reference["next_sentence_labels"].sum())
+
+
+def test_manifest_lists_every_shard_with_its_sha256(corpus, tmp_path):
+    manifest = _run_pipeline(corpus, tmp_path / "out", seq_length=64, dupe_factor=1,
+                             num_shards=4)
+    files = sorted(os.path.basename(p) for p in glob.glob(str(tmp_path / "out" / "*")))
+    assert files == [f"examples-{i:05d}-of-00004.tfrecord" for i in range(4)] + [
+        "manifest.json"]
+    assert [s["file"] for s in manifest["shards"]] == files[:4]
+    import hashlib
+
+    for shard in manifest["shards"]:
+        with open(tmp_path / "out" / shard["file"], "rb") as f:
+            assert hashlib.sha256(f.read()).hexdigest() == shard["sha256"]
+        assert shard["examples"] == shard["is_next"] + shard["random_next"]
+    assert sum(_records(tmp_path / "out").values()) == manifest["examples"]
+    assert manifest["settings"]["num_shards"] == 4 and manifest["settings"]["seq_length"] == 64
+
+
+@pytest.mark.slow
+def test_shard_and_worker_counts_do_not_change_the_examples(corpus, tmp_path):
+    one = _run_pipeline(corpus, tmp_path / "a", seq_length=64, dupe_factor=2, num_pools=3,
+                        num_shards=2)
+    two = _run_pipeline(corpus, tmp_path / "b", ["--direct_running_mode=multi_processing",
+                                                 "--direct_num_workers=2"],
+                        seq_length=64, dupe_factor=2, num_pools=3, num_shards=5)
+    records = _records(tmp_path / "a")
+    assert records == _records(tmp_path / "b")  # Byte for byte, masks included.
+    assert sum(records.values()) == one["examples"] == two["examples"] > 100
+    other_seed = _run_pipeline(corpus, tmp_path / "c", seq_length=64, dupe_factor=2,
+                               num_pools=3, num_shards=2, seed=1)
+    assert _records(tmp_path / "c") != records
+
+
+def test_pools_keep_the_random_next_share(corpus, tmp_path):
+    """Per-pool NSP against the whole corpus (Google's): the NotNext share is a property of
+    the documents' lengths, not of where the random segment comes from."""
+    whole = _run_pipeline(corpus, tmp_path / "a", seq_length=64, dupe_factor=2, num_pools=1)
+    pools = _run_pipeline(corpus, tmp_path / "b", seq_length=64, dupe_factor=2, num_pools=4)
+    share = lambda m: m["random_next"] / m["examples"]
+    n = whole["examples"]
+    assert abs(share(pools) - share(whole)) < 4 * np.sqrt(0.25 / n)
+    assert abs(pools["examples"] - n) < 0.05 * n
+
+
+def _masker_inputs(rng, n=400, seq=48):
+    token_ids = np.zeros((n, seq), np.int32)
+    padding = np.zeros((n, seq), np.int32)
+    for row in range(n):
+        length = rng.randint(6, seq)
+        sep = rng.randint(2, length - 3)
+        token_ids[row, :length] = [101] + [rng.randint(1000, 1999) for _ in range(length - 1)]
+        token_ids[row, sep] = token_ids[row, length - 1] = 102
+        padding[row, :length] = 1
+    return {"token_ids": token_ids, "segment_ids": np.zeros_like(token_ids),
+            "padding_mask": padding, "next_sentence_labels": np.zeros(n, np.int32)}
+
+
+def test_static_masks_follow_googles_rule():
+    rng = random.Random(0)
+    examples = _masker_inputs(rng)
+    masker = static_masking.StaticMasker(vocab_size=30522, mask_id=103, special_ids=[0, 101, 102],
+                                         max_predictions_per_seq=5, masked_lm_prob=0.15)
+    out = masker(examples, random.Random(1))
+    lengths = examples["padding_mask"].sum(1)
+    outcomes = collections.Counter()
+    for row, length in enumerate(lengths):
+        count = min(5, max(1, int(round(length * 0.15))))
+        weights = out["masked_lm_weights"][row]
+        assert weights.tolist() == [1.0] * count + [0.0] * (5 - count)
+        positions = out["masked_lm_positions"][row, :count]
+        assert np.all(np.diff(positions) > 0)
+        original = examples["token_ids"][row]
+        assert set(original[positions].tolist()).isdisjoint({101, 102})
+        np.testing.assert_array_equal(out["masked_lm_ids"][row, :count], original[positions])
+        unmasked = np.setdiff1d(np.arange(len(original)), positions)
+        np.testing.assert_array_equal(out["token_ids"][row, unmasked], original[unmasked])
+        for p in positions:
+            new = out["token_ids"][row, p]
+            outcomes["mask" if new == 103 else "same" if new == original[p] else "random"] += 1
+    total = sum(outcomes.values())
+    for kind, rate in (("mask", 0.8), ("same", 0.1), ("random", 0.1)):
+        assert abs(outcomes[kind] / total - rate) < 4 * np.sqrt(rate * (1 - rate) / total), kind
+    again = masker(examples, random.Random(1))
+    for key in out:
+        np.testing.assert_array_equal(out[key], again[key])
+
+
+def _cli(*args, **popen):
+    cmd = [sys.executable, "-m", "training.create_pretraining_data",
+           f"--vocab={data.default_vocab_path()}", *args]
+    return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, **popen)
+
+
+def _error_line(proc):
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 1, stderr[-2000:]
+    assert "Traceback" not in stderr, stderr[-2000:]
+    return stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.slow
+def test_cli_bad_inputs_get_one_line_naming_the_file(tmp_path, corpus):
+    bad_utf8 = tmp_path / "latin1.txt"
+    bad_utf8.write_bytes("First document.\n\nCaf\u00e9 au lait.\n".encode("latin-1"))
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    blank = tmp_path / "blank.txt"
+    blank.write_text("  \n\n\t\n")
+    bad_json = tmp_path / "docs.jsonl"
+    bad_json.write_text('{"text": "One document."}\n{"body": "no text field"}\n')
+    unreadable = tmp_path / "folder.txt"
+    unreadable.mkdir()
+    cases = {
+        bad_utf8: f"Corpus file {bad_utf8} is not UTF-8 text (line 3",
+        empty: f"Corpus file {empty} is empty",
+        blank: f"Corpus file {blank} holds no text",
+        bad_json: f"Corpus file {bad_json} line 2 has no string field 'text'",
+        unreadable: f"Corpus file {unreadable} cannot be read",
+    }
+    for path, expected in cases.items():
+        line = _error_line(_cli(f"--input={corpus[0]},{path}",
+                                f"--output_dir={tmp_path / 'out'}"))
+        assert line.startswith(f"create_pretraining_data: error: {expected}"), line
+        assert not os.path.exists(tmp_path / "out")
+
+
+@pytest.mark.slow
+def test_cli_killed_run_leaves_only_whole_shards_and_a_rerun_refuses(tmp_path):
+    import tensorflow as tf
+
+    out = tmp_path / "out"
+    proc = _cli(f"--input={data.default_corpus_path()}", f"--output_dir={out}",
+                "--dupe_factor=2", "--num_shards=2", "--direct_num_workers=2",
+                start_new_session=True)
+    deadline = time.monotonic() + 600
+    while not glob.glob(str(out / "examples-*")) and time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate()
+    shards = glob.glob(str(out / "examples-*"))
+    assert shards and not os.path.exists(out / "manifest.json")
+    for shard in shards:  # A truncated TFRecord fails with DataLossError.
+        assert sum(1 for _ in tf.data.TFRecordDataset(shard)) > 0
+    line = _error_line(_cli(f"--input={data.default_corpus_path()}", f"--output_dir={out}"))
+    assert line.startswith(f"create_pretraining_data: error: --output_dir {out} is not empty")
