@@ -1,0 +1,100 @@
+"""Fine-tuning run folders: the best result survives a worse rerun, an incomparable one is
+refused without --overwrite_best, and --init_checkpoint takes the pre-training run's
+recorded config (no --config)."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tests.conftest import tiny_config
+from tests.test_finetune import CLASS_VOCAB, _write_sentiment
+from training import finetune, run_folder
+from training.trainer import PretrainingModel
+
+
+def _files(folder):
+    return {name: open(os.path.join(folder, name), "rb").read()
+            for name in sorted(os.listdir(folder))}
+
+
+@pytest.mark.slow
+def test_a_worse_rerun_keeps_the_best_and_another_task_needs_overwrite_best(tmp_path):
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(CLASS_VOCAB) + "\n")
+    train = _write_sentiment(tmp_path / "train.tsv", 256, 0)
+    dev = _write_sentiment(tmp_path / "dev.tsv", 40, 1)
+    model_dir = str(tmp_path / "run")
+    best_dir = os.path.join(model_dir, "best")
+
+    def settings(**changes):
+        values = dict(task="classification", train_file=train, eval_file=dev,
+                      model_dir=model_dir, config=tiny_config(vocab_size=len(CLASS_VOCAB)),
+                      vocab=str(vocab), epochs=2, batch_size=16, seq_length=12,
+                      learning_rate=5e-3, jit_compile=False, verbose=0)
+        return finetune.FinetuneSettings(**{**values, **changes})
+
+    good = finetune.run(settings())
+    assert good["best"] >= 0.9 and not good["best_from_previous_run"], good["history"]
+    kept = _files(best_dir)
+
+    # A rerun that learns nothing (and is worse every epoch) leaves best/ untouched and ends
+    # with the previous run's best weights.
+    worse = finetune.run(settings(learning_rate=1e-9, epochs=1, seed=5))
+    assert max(h["val_accuracy"] for h in worse["history"]) < good["best"], worse["history"]
+    assert worse["best"] == good["best"] and worse["best_from_previous_run"]
+    assert worse["best_epoch"] is None
+    assert _files(best_dir) == kept
+    with open(os.path.join(model_dir, "results.json")) as f:
+        assert json.load(f)["best"] == good["best"]
+
+    # Other labels: not comparable (and the head has another shape): refused, naming them.
+    relabelled = tmp_path / "train_relabelled.tsv"
+    relabelled.write_text(open(train).read().replace("\tpos", "\tgood").replace("\tneg", "\tbad"))
+    dev_relabelled = tmp_path / "dev_relabelled.tsv"
+    dev_relabelled.write_text(open(dev).read().replace("\tpos", "\tgood").replace("\tneg", "\tbad"))
+    other = settings(train_file=str(relabelled), eval_file=str(dev_relabelled), epochs=1)
+    with pytest.raises(ValueError) as error:
+        finetune.run(other)
+    message = str(error.value)
+    assert f"{best_dir} holds the best result of another run" in message
+    assert "labels (['neg', 'pos'] -> ['bad', 'good'])" in message and "--overwrite_best" in message
+    assert _files(best_dir) == kept
+    assert open(os.path.join(model_dir, "labels.txt")).read() == "neg\npos\n"
+
+    replaced = finetune.run(settings(train_file=str(relabelled), eval_file=str(dev_relabelled),
+                                     epochs=1, overwrite_best=True))
+    assert not replaced["best_from_previous_run"] and replaced["best_epoch"] == 1
+    assert _files(best_dir) != kept
+    assert open(os.path.join(model_dir, "labels.txt")).read() == "bad\ngood\n"
+    assert run_folder.read_config(model_dir).vocab_size == len(CLASS_VOCAB)
+
+
+def test_init_checkpoint_reads_the_recorded_config(tmp_path):
+    config = tiny_config(vocab_size=len(CLASS_VOCAB), num_layers=1)
+    pretrainer = PretrainingModel(config=config)
+    run = tmp_path / "pretrain"
+    tf.train.CheckpointManager(tf.train.Checkpoint(model=pretrainer), str(run / "checkpoints"),
+                               max_to_keep=1).save(checkpoint_number=3)
+    run_folder.write_records(str(run), config, {})
+    settings = finetune.FinetuneSettings(task="classification", train_file="", eval_file="",
+                                         model_dir=str(tmp_path / "ft"),
+                                         init_checkpoint=str(run))
+    encoder, _, how = finetune.build_encoder(settings)  # No config given.
+    assert "ckpt-3" in how
+    assert encoder.config == config.replace(hidden_dropout=0.1, attention_dropout=0.1)
+    for ours, theirs in zip(encoder.weights, pretrainer.encoder.weights):
+        np.testing.assert_array_equal(ours.numpy(), theirs.numpy())
+    # A checkpoint prefix inside the run folder finds the record too.
+    prefix = str(run / "checkpoints" / "ckpt-3")
+    encoder, _, _ = finetune.build_encoder(
+        finetune.FinetuneSettings(task="classification", train_file="", eval_file="",
+                                  model_dir=str(tmp_path / "ft"), init_checkpoint=prefix))
+    assert encoder.config.num_layers == 1
+    # A --config that contradicts the record is refused by name, not by a shape error.
+    with pytest.raises(ValueError, match=r"num_layers \(1 -> 2\)"):
+        finetune.build_encoder(finetune.FinetuneSettings(
+            task="classification", train_file="", eval_file="", model_dir=str(tmp_path / "ft"),
+            init_checkpoint=str(run), config=tiny_config(vocab_size=len(CLASS_VOCAB))))
