@@ -27,7 +27,10 @@ WARMUP_TEXTS = (
     "BERT layer, keeps pre-norm residual connections, and pre-trains without dropout; this "
     "sentence only warms up the server before it takes traffic, so its content is arbitrary "
     "and its length is enough to fill a packed sequence of one hundred and twenty-eight word "
-    "pieces after WordPiece tokenization, including the special tokens at both ends.",
+    "pieces after WordPiece tokenization, including the special tokens at both ends. Longer "
+    "texts are truncated in the graph, so a request costs the model the same whatever the "
+    "length of its text; the tokenizer's own cost grows with the text, which is why this one "
+    "is a realistic paragraph of about a hundred and fifty word pieces.",
     "A second, shorter request text.",
 )
 
