@@ -36,6 +36,8 @@ def _cases(tmp):
     overrides_list = write("ov_list.json", json.dumps([1, 2]))
     empty = write("empty.txt", "\n\n   \n")
     missing = os.path.join(tmp, "no_such_corpus.txt")
+    empty_folder = os.path.join(tmp, "empty_folder")
+    os.makedirs(empty_folder)
     # A record header that promises 1000 bytes, followed by 10: a truncated, corrupt file.
     corrupt = write("corrupt.tfrecord", b"\xe8\x03\x00\x00\x00\x00\x00\x00" + b"\x00" * 14,
                     mode="wb")
@@ -58,6 +60,11 @@ def _cases(tmp):
         "corrupt_tfrecord": (["--tfrecords", corrupt], [corrupt, "Corrupt"]),
         "missing_tfrecord": (["--tfrecords", os.path.join(tmp, "none-*.tfrecord")],
                              ["none-*.tfrecord"]),
+        "negative_learning_rate": (["--learning_rate=-1"], ["--learning_rate=-1.0: must be > 0"]),
+        "zero_checkpoint_every": (["--checkpoint_every=0"], ["--checkpoint_every=0: must be >= 1"]),
+        "unwritable_export_dir": (["--export_dir", "/sys/groupbert-export"],
+                                  ["--export_dir /sys/groupbert-export: not writable"]),
+        "empty_corpus_folder": (["--corpus", empty_folder], [empty_folder, "holds no files"]),
     }
 
 
@@ -95,7 +102,9 @@ def results(tmp_path_factory):
 CASE_NAMES = ["unknown_preset", "invalid_json_config", "unknown_config_key",
               "overrides_bad_value", "overrides_unknown_key", "overrides_bad_flag_value",
               "overrides_not_object", "missing_corpus", "empty_corpus",
-              "missing_corpus_among_several", "corrupt_tfrecord", "missing_tfrecord"]
+              "missing_corpus_among_several", "corrupt_tfrecord", "missing_tfrecord",
+              "negative_learning_rate", "zero_checkpoint_every", "unwritable_export_dir",
+              "empty_corpus_folder"]
 
 
 @pytest.mark.parametrize("name", CASE_NAMES)
