@@ -53,9 +53,11 @@ flags.DEFINE_bool("mixed_precision", False, "mixed_bfloat16 (LayerNorm and softm
 flags.DEFINE_bool("xla", True, "XLA-compile the forward and backward pass.")
 flags.DEFINE_integer("seed", 0, "Seed for data and initialisation.")
 flags.DEFINE_bool("shuffle", True,
-                  "Shuffle --tfrecords examples (seeded by --seed and the start step). "
-                  "--noshuffle reads them in file order and a resumed run skips the batches "
-                  "already trained on: reproducible runs, e.g. to compare strategies.")
+                  "Shuffle --tfrecords files and examples (seeded by --seed); --noshuffle reads "
+                  "them in file order. Either way a resumed run skips the records already "
+                  "trained on and continues the same stream.")
+flags.DEFINE_integer("shuffle_buffer", 10_000, "--tfrecords examples in the shuffle buffer.",
+                     lower_bound=1)
 flags.DEFINE_float("validation_fraction", 0.01, "Share of documents held out for validation.")
 flags.DEFINE_integer("max_sequences_per_pack", 0,
                      "Pack up to this many pairs per row (docs/packing.md; e.g. 3 at seq 128, 8 "
@@ -145,16 +147,15 @@ def _main(argv):
     validation = None
     if FLAGS.tfrecords:
         def train_dataset_fn(start_step):
-            dataset = tfrecord.read_dataset(FLAGS.tfrecords, FLAGS.seq_length,
-                                            FLAGS.max_predictions_per_seq, FLAGS.batch_size,
-                                            shuffle=FLAGS.shuffle, repeat=True,
-                                            seed=FLAGS.seed + start_step,
-                                            max_sequences_per_pack=FLAGS.max_sequences_per_pack)
-            if not FLAGS.shuffle:  # File order: a resumed run skips what was trained on.
-                dataset = dataset.skip(start_step * FLAGS.gradient_accumulation_steps)
-            # Every worker reads the same global batches and keeps its replicas' slices, so
-            # N workers train on exactly the batches one process would (not FILE sharding).
-            return strategy_lib.with_auto_shard_policy(dataset)
+            # FILE sharding when there are at least as many shards as workers; otherwise every
+            # worker reads the same global batches and keeps its replicas' slices (DATA), so
+            # N workers train on exactly the batches one process would.
+            return tfrecord.training_dataset(
+                FLAGS.tfrecords, FLAGS.seq_length, FLAGS.max_predictions_per_seq,
+                FLAGS.batch_size, num_workers=strategy_lib.num_workers(strategy),
+                start_batch=start_step * FLAGS.gradient_accumulation_steps,
+                shuffle=FLAGS.shuffle, seed=FLAGS.seed, shuffle_buffer=FLAGS.shuffle_buffer,
+                max_sequences_per_pack=FLAGS.max_sequences_per_pack)
     else:
         corpus = FLAGS.corpus or [data.default_corpus_path()]
 

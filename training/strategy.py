@@ -260,6 +260,14 @@ def per_replica_batch_size(global_batch_size: int, num_replicas: int,
     return global_batch_size // num_replicas
 
 
+def num_workers(strategy: tf.distribute.Strategy) -> int:
+    """Input pipelines of `strategy`: the worker (and chief) tasks of a multi-worker job."""
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return 1
+    spec = strategy.cluster_resolver.cluster_spec().as_dict()
+    return max(1, len(spec.get("worker", [])) + len(spec.get("chief", [])))
+
+
 def with_auto_shard_policy(
         dataset: tf.data.Dataset,
         policy: tf.data.experimental.AutoShardPolicy = tf.data.experimental.AutoShardPolicy.DATA,

@@ -23,6 +23,9 @@ import tensorflow as tf
 
 from training import masking, packing
 
+# Files read at once, in a fixed interleave order.
+READ_PARALLELISM = 16
+
 # Our name -> the TFRecord feature name.
 _NAMES = {
     "token_ids": "input_ids",
@@ -137,6 +140,39 @@ def write_examples(path, features, labels):
     return len(records)
 
 
+def shard_policy(num_files, num_workers):
+    """FILE sharding when every worker gets a file, else DATA (all read all, keep 1/N)."""
+    if num_workers > 1 and num_files >= num_workers:
+        return tf.data.experimental.AutoShardPolicy.FILE
+    return tf.data.experimental.AutoShardPolicy.DATA
+
+
+def training_dataset(paths, seq_length, max_predictions_per_seq, global_batch_size, *,
+                     num_workers=1, start_batch=0, shuffle=True, seed=0, shuffle_buffer=10_000,
+                     max_sequences_per_pack=None):
+    """The endless training stream from TFRecord shards, for `tf.distribute`.
+
+    With FILE sharding each of the `num_workers` reads its own files and
+    consumes `global_batch_size / num_workers` records per step; with DATA
+    sharding every worker reads every record. A run resumed at `start_batch`
+    skips exactly the records the stopped run consumed, so it continues the
+    same stream instead of starting a new shuffle.
+    """
+    files = expand_patterns(paths)
+    policy = shard_policy(len(files), num_workers)
+    per_stream = global_batch_size
+    if policy == tf.data.experimental.AutoShardPolicy.FILE:
+        per_stream //= num_workers
+    dataset = read_dataset(files, seq_length, max_predictions_per_seq, global_batch_size,
+                           shuffle=shuffle, repeat=True, seed=seed,
+                           shuffle_buffer=shuffle_buffer,
+                           max_sequences_per_pack=max_sequences_per_pack,
+                           skip=start_batch * per_stream)
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = policy
+    return dataset.with_options(options)
+
+
 def _feature_spec(seq_length, max_predictions_per_seq):
     s, p = seq_length, max_predictions_per_seq
     return {
@@ -216,6 +252,18 @@ def check_records(paths):
             raise ValueError(f"Corrupt TFRecord file {path}: {e.message}") from None
 
 
+def expand_patterns(paths):
+    """File paths, glob patterns or a list of them -> the matching files, each glob sorted."""
+    patterns = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+    files = []
+    for pattern in patterns:
+        matched = sorted(tf.io.gfile.glob(str(pattern)))
+        if not matched:
+            raise FileNotFoundError(f"No TFRecord file matches {pattern}")
+        files.extend(matched)
+    return files
+
+
 def read_dataset(
     paths,
     seq_length,
@@ -228,8 +276,13 @@ def read_dataset(
     check=True,
     shuffle_buffer=10_000,
     max_sequences_per_pack=None,
+    skip=0,
 ):
     """A dataset of (features, labels) from BERT pre-training TFRecords.
+
+    The order is a function of the files and `seed` only (deterministic
+    interleave of a fixed number of files), so a resumed run that skips what
+    was read continues the same stream.
 
     Args:
       paths: file path, glob pattern, or list of them.
@@ -241,14 +294,10 @@ def read_dataset(
         for packed rows, a malformed row).
       max_sequences_per_pack: if set, the files hold packed rows with this
         many slots (Graphcore's packed layout, see the module docstring).
+      skip: records to drop from the start of the (shuffled, repeated) stream,
+        before decoding.
     """
-    patterns = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
-    files = []
-    for pattern in patterns:
-        matched = sorted(tf.io.gfile.glob(str(pattern)))
-        if not matched:
-            raise FileNotFoundError(f"No TFRecord file matches {pattern}")
-        files.extend(matched)
+    files = expand_patterns(paths)
     if check:
         check_records(files)
     if max_sequences_per_pack:
@@ -261,13 +310,19 @@ def read_dataset(
     ds = tf.data.Dataset.from_tensor_slices(files)
     if shuffle:
         ds = ds.shuffle(len(files), seed=seed)
+    # A fixed cycle length: AUTOTUNE would pick one per machine, and with it the order.
     ds = ds.interleave(
-        tf.data.TFRecordDataset, num_parallel_calls=tf.data.AUTOTUNE, deterministic=not shuffle
+        tf.data.TFRecordDataset,
+        cycle_length=min(len(files), READ_PARALLELISM),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
     )
     if shuffle:
         ds = ds.shuffle(shuffle_buffer, seed=seed)
     if repeat:
         ds = ds.repeat()
+    if skip:
+        ds = ds.skip(skip)
     ds = ds.map(lambda x: decode(x, spec), num_parallel_calls=tf.data.AUTOTUNE)
     if batch_size:
         ds = ds.batch(batch_size, drop_remainder=True)
