@@ -240,3 +240,34 @@ def test_cli_killed_run_leaves_only_whole_shards_and_a_rerun_refuses(tmp_path):
         assert sum(1 for _ in tf.data.TFRecordDataset(shard)) > 0
     line = _error_line(_cli(f"--input={data.default_corpus_path()}", f"--output_dir={out}"))
     assert line.startswith(f"create_pretraining_data: error: --output_dir {out} is not empty")
+
+
+def test_packed_rows_hold_the_same_pairs(corpus, tmp_path):
+    """Packed output: unpacking the rows (masked tokens put back) gives the Google-format
+    output's pairs; rows pass the packed-format checks and hold at most k pairs."""
+    from training import tfrecord
+
+    args = dict(seq_length=64, dupe_factor=1, num_pools=2, num_shards=2)
+    google = _run_pipeline(corpus, tmp_path / "google", **args)
+    packed = _run_pipeline(corpus, tmp_path / "packed", max_sequences_per_pack=3,
+                           max_predictions_per_seq=30, **args)
+    assert packed["format"] == "graphcore-packed-bert-pretraining"
+    assert packed["pairs"] == google["examples"] > packed["examples"]
+    pairs = collections.Counter()
+    files = sorted(glob.glob(str(tmp_path / "packed" / "examples-*.tfrecord")))
+    rows = tfrecord.read_dataset(files, 64, 30, max_sequences_per_pack=3)  # Checks each row.
+    for features, labels in rows.as_numpy_iterator():
+        ids = features["token_ids"].copy()
+        used = labels["masked_lm_weights"] > 0
+        ids[features["masked_lm_positions"][used]] = labels["masked_lm_ids"][used]
+        for slot in range(3):
+            where = features["sequence_ids"] == slot + 1
+            if not where.any():
+                continue
+            tokens = np.zeros(64, np.int32)
+            segments = np.zeros(64, np.int32)
+            tokens[: where.sum()] = ids[where]
+            segments[: where.sum()] = features["segment_ids"][where]
+            pairs[(tokens.tobytes(), segments.tobytes(),
+                   int(labels["next_sentence_labels"][slot]))] += 1
+    assert pairs == _unmasked_examples(tmp_path / "google", 64, 20)

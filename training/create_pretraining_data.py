@@ -54,6 +54,10 @@ def define_flags():
                          "input). Does not change the examples, only which file holds each.")
     flags.DEFINE_integer("shard_mb", 4, "Input text per shard when --num_shards=0.")
     flags.DEFINE_integer("seed", 0, "Seed of pairs and masks.")
+    flags.DEFINE_integer("max_sequences_per_pack", 0,
+                         "0: Google's format, one pair per example. k > 0: packed rows of up "
+                         "to k pairs (docs/packing.md), masked per row: raise "
+                         "--max_predictions_per_seq with k.", lower_bound=0)
 
 
 _MB = 1 << 20
@@ -70,7 +74,8 @@ def settings_from_flags(total_bytes):
         dupe_factor=FLAGS.dupe_factor, short_seq_prob=FLAGS.short_seq_prob,
         max_predictions_per_seq=FLAGS.max_predictions_per_seq,
         masked_lm_prob=FLAGS.masked_lm_prob, num_pools=num_pools, num_shards=num_shards,
-        seed=FLAGS.seed, text_field=FLAGS.text_field)
+        seed=FLAGS.seed, text_field=FLAGS.text_field,
+        max_sequences_per_pack=FLAGS.max_sequences_per_pack)
 
 
 def prepare_output_dir(path):
@@ -162,7 +167,7 @@ def run(input_patterns, output_dir, beam_args=()):
     seconds = time.monotonic() - start
     logging.info("Wrote %d examples (%.1f%% random next) in %d shards in %.0f s (%.0f "
                  "examples/s) to %s", manifest["examples"],
-                 100 * manifest["random_next"] / max(manifest["examples"], 1),
+                 100 * manifest["random_next"] / max(manifest["pairs"], 1),
                  len(manifest["shards"]), seconds, manifest["examples"] / seconds, output_dir)
     return manifest
 

@@ -21,6 +21,9 @@ Stages:
   5. Shard: an example goes to shard `hash % num_shards` and is ordered within
      its shard by another hash; each shard is written to a hidden temporary
      file and renamed into place, so a shard is either absent or complete.
+     Packed output (`max_sequences_per_pack` > 0) packs each shard's pairs
+     into rows (`training.packing`) and masks the rows instead: the pairs are
+     the same for any shard count, the rows they share are not.
   6. Manifest: `manifest.json`, written last, lists every shard with its
      example count and sha256, plus the settings and totals.
 
@@ -67,6 +70,7 @@ class Settings:
     num_shards: int = 8
     seed: int = 0
     text_field: str = "text"
+    max_sequences_per_pack: int = 0  # 0: Google's format; k: packed rows of up to k pairs.
 
     def __post_init__(self):
         checks = [
@@ -77,6 +81,7 @@ class Settings:
             ("masked_lm_prob", 0 < self.masked_lm_prob <= 1, "must be in (0, 1]"),
             ("num_pools", self.num_pools >= 1, "must be >= 1"),
             ("num_shards", self.num_shards >= 1, "must be >= 1"),
+            ("max_sequences_per_pack", self.max_sequences_per_pack >= 0, "must be >= 0"),
         ]
         for name, ok, why in checks:
             if not ok:
@@ -241,22 +246,30 @@ def pool_rng(seed, pool, num_pools):
     return random.Random(seed if num_pools == 1 else f"pairs {seed} {pool}")
 
 
+def _masker(settings):
+    from groupbert_tf import tokenization  # pylint: disable=import-outside-toplevel
+    from training import static_masking  # pylint: disable=import-outside-toplevel
+
+    tokenizer = tokenization.BertTokenizer(settings.vocab)
+    masker = static_masking.StaticMasker(
+        tokenizer.vocab_size, tokenizer.mask_id, tokenizer.special_ids,
+        settings.max_predictions_per_seq, settings.masked_lm_prob)
+    return masker, (tokenizer.cls_id, tokenizer.sep_id, tokenizer.pad_id)
+
+
 class BuildExamples(beam.DoFn):
-    """(pool, [(key, document)]) -> (shard, (order key, serialized example, NSP label))."""
+    """(pool, [(key, document)]) -> (shard, (order key, example, NSP label)).
+
+    The example is a serialized, masked Google-format record; for packed output it is the
+    unmasked pair, packed and masked per shard by `WriteShard`.
+    """
 
     def __init__(self, settings):
         self._settings = settings
         self._examples = beam.metrics.Metrics.counter("pretraining", "examples")
 
     def setup(self):
-        from groupbert_tf import tokenization  # pylint: disable=import-outside-toplevel
-        from training import static_masking  # pylint: disable=import-outside-toplevel
-
-        tokenizer = tokenization.BertTokenizer(self._settings.vocab)
-        self._ids = (tokenizer.cls_id, tokenizer.sep_id, tokenizer.pad_id)
-        self._masker = static_masking.StaticMasker(
-            tokenizer.vocab_size, tokenizer.mask_id, tokenizer.special_ids,
-            self._settings.max_predictions_per_seq, self._settings.masked_lm_prob)
+        self._masker, self._ids = _masker(self._settings)
 
     def process(self, element, chunk=512):
         from training import tfrecord  # pylint: disable=import-outside-toplevel
@@ -273,6 +286,12 @@ class BuildExamples(beam.DoFn):
         for _ in range(s.dupe_factor):  # One pass of pairs in memory at a time.
             pairs = pretraining_data.create_pairs(documents, s.seq_length, pair_rng,
                                                   s.short_seq_prob)
+            if s.max_sequences_per_pack:
+                for pair in pairs:
+                    order = _hash("order", s.seed, pool, index)
+                    yield order % s.num_shards, (order // s.num_shards, pair, pair[2])
+                    index += 1
+                continue
             for start in range(0, len(pairs), chunk):
                 packed = pretraining_data.pack_pairs(pairs[start : start + chunk],
                                                      s.seq_length, *self._ids)
@@ -289,8 +308,9 @@ def shard_name(shard, num_shards):
     return f"examples-{shard:05d}-of-{num_shards:05d}.tfrecord"
 
 
-def write_shard(output_dir, shard, num_shards, records):
-    """Writes one shard atomically: a hidden temporary file, then a rename.
+def write_shard(output_dir, shard, num_shards, records, labels):
+    """Writes serialized records as one shard atomically: a hidden temporary file, then a
+    rename. `labels` are the NSP labels of the pairs in it.
 
     Returns:
       The shard's manifest entry.
@@ -301,29 +321,57 @@ def write_shard(output_dir, shard, num_shards, records):
     final = os.path.join(output_dir, name)
     tmp = os.path.join(output_dir, f".tmp-{name}-{os.getpid()}-{random.getrandbits(32):08x}")
     digest = hashlib.sha256()
-    counts = [0, 0]
+    count = 0
     with tf.io.TFRecordWriter(tmp) as writer:
-        for _, record, label in sorted(records, key=lambda r: r[0]):
+        for count, record in enumerate(records, 1):
             writer.write(record)
-            counts[label] += 1
     with tf.io.gfile.GFile(tmp, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     tf.io.gfile.rename(tmp, final, overwrite=True)  # A retried bundle rewrites the same bytes.
-    return {"file": name, "examples": counts[0] + counts[1], "is_next": counts[0],
-            "random_next": counts[1], "sha256": digest.hexdigest()}
+    random_next = sum(labels)
+    return {"file": name, "examples": count, "pairs": len(labels),
+            "is_next": len(labels) - random_next, "random_next": random_next,
+            "sha256": digest.hexdigest()}
+
+
+def pack_shard(pairs, settings, shard, masker, ids):
+    """Pairs of one shard -> serialized packed rows (training/packing.py), masked per row."""
+    from training import packing, tfrecord  # pylint: disable=import-outside-toplevel
+
+    if not pairs:
+        return []
+    examples = pretraining_data.pack_pairs(pairs, settings.seq_length, *ids)
+    rows, _ = packing.pack_examples(examples, settings.seq_length,
+                                    settings.max_sequences_per_pack,
+                                    seed=f"pack {settings.seed} {shard}",
+                                    per_sequence=("next_sentence_labels",))
+    masked = masker(rows, random.Random(f"masks {settings.seed} shard {shard}"))
+    for key in packing.ROW_FEATURES + packing.SLOT_FEATURES:
+        masked.setdefault(key, rows[key])
+    return tfrecord.serialize_packed_examples(masked)
 
 
 class WriteShard(beam.DoFn):
-    """(shard, records) -> its manifest entry, after the file is in place."""
+    """(shard, examples) -> its manifest entry, after the file is in place."""
 
-    def __init__(self, output_dir, num_shards):
+    def __init__(self, output_dir, settings):
         self._output_dir = output_dir
-        self._num_shards = num_shards
+        self._settings = settings
+
+    def setup(self):
+        self._masker, self._ids = _masker(self._settings)
 
     def process(self, element):
-        shard, records = element
-        yield write_shard(self._output_dir, shard, self._num_shards, records)
+        shard, examples = element
+        examples = sorted(examples, key=lambda e: e[0])
+        labels = [label for _, _, label in examples]
+        if self._settings.max_sequences_per_pack:
+            records = pack_shard([pair for _, pair, _ in examples], self._settings, shard,
+                                 self._masker, self._ids)
+        else:
+            records = (record for _, record, _ in examples)
+        yield write_shard(self._output_dir, shard, self._settings.num_shards, records, labels)
 
 
 def write_manifest(entries, output_dir, settings, inputs, documents):
@@ -333,15 +381,17 @@ def write_manifest(entries, output_dir, settings, inputs, documents):
     by_name = {e["file"]: e for e in entries}
     for shard in range(settings.num_shards):
         if shard_name(shard, settings.num_shards) not in by_name:
-            entry = write_shard(output_dir, shard, settings.num_shards, [])
+            entry = write_shard(output_dir, shard, settings.num_shards, [], [])
             by_name[entry["file"]] = entry
     shards = [by_name[name] for name in sorted(by_name)]
     manifest = {
-        "format": "google-bert-pretraining",
+        "format": ("graphcore-packed-bert-pretraining" if settings.max_sequences_per_pack
+                   else "google-bert-pretraining"),
         "settings": dataclasses.asdict(settings),
         "inputs": [{"path": p, "bytes": size} for p, size in inputs],
         "documents": documents,
         "examples": sum(e["examples"] for e in shards),
+        "pairs": sum(e["pairs"] for e in shards),
         "is_next": sum(e["is_next"] for e in shards),
         "random_next": sum(e["random_next"] for e in shards),
         "shards": shards,
@@ -380,7 +430,7 @@ def build(pipeline, inputs, output_dir, settings, requested_format="auto"):
         | "GroupPools" >> beam.GroupByKey()
         | "Examples" >> beam.ParDo(BuildExamples(settings))
         | "GroupShards" >> beam.GroupByKey()
-        | "WriteShards" >> beam.ParDo(WriteShard(output_dir, settings.num_shards))
+        | "WriteShards" >> beam.ParDo(WriteShard(output_dir, settings))
         | "Entries" >> beam.combiners.ToList()
         | "Manifest" >> beam.Map(write_manifest, output_dir, settings, inputs,
                                  beam.pvalue.AsSingleton(document_count))
