@@ -98,19 +98,17 @@ def serialize_examples(flat):
     missing = sorted(set(_NAMES) - set(flat))
     if missing:
         raise ValueError(f"Cannot serialize examples: missing features {missing}")
-    for i in range(len(flat["token_ids"])):
-        feature = {}
+    n = len(flat["token_ids"])
+    # Python lists fill the protos twice as fast as numpy scalars (same bytes).
+    rows = {ours: np.reshape(flat[ours], [n, -1]).tolist() for ours in _NAMES}
+    for i in range(n):
+        example = tf.train.Example()
+        feature = example.features.feature
         for ours, theirs in _NAMES.items():
-            value = np.reshape(flat[ours][i], [-1])
             if ours == "masked_lm_weights":
-                feature[theirs] = tf.train.Feature(
-                    float_list=tf.train.FloatList(value=value.astype(np.float32))
-                )
+                feature[theirs].float_list.value.extend(rows[ours][i])
             else:
-                feature[theirs] = tf.train.Feature(
-                    int64_list=tf.train.Int64List(value=value.astype(np.int64))
-                )
-        example = tf.train.Example(features=tf.train.Features(feature=feature))
+                feature[theirs].int64_list.value.extend(rows[ours][i])
         # Sorted map keys: the same example gives the same bytes in every process.
         yield example.SerializeToString(deterministic=True)
 
