@@ -210,7 +210,8 @@ def train_one(args, run, train_dataset_fn, validation):
         seq_length=args.seq_length, max_predictions_per_seq=args.max_predictions,
         optimizer="lamb", learning_rate=run.learning_rate, warmup_steps=args.warmup_steps,
         warmup_power=0.5, weight_decay=0.01, checkpoint_every=args.train_steps,
-        log_every=max(args.train_steps // 4, 1), jit_compile=True, verbose=2)
+        log_every=max(args.train_steps // 4, 1), precision="float32", compile_mode="xla",
+        verbose=2)
     keras.backend.clear_session()
     keras.utils.set_random_seed(args.seed)
     flops_per_seq = flops.training_flops(config, args.seq_length, args.max_predictions)

@@ -34,6 +34,11 @@ TOLERANCE = 1e-5
 # 1 process grows past 1e-5 (measured 2.2e-5; 3 steps stay at 3e-6): the optimizer divides
 # near-zero LayerNorm/bias gradients by sqrt(v) + 1e-6, which amplifies rounding.
 RESUME_TOLERANCE = 1e-4
+# In bfloat16 each replica's weight gradients are rounded to 8 significant bits over its half
+# batch, the single process's over the whole batch: relative gradient differences of ~2^-8.
+# LAMB normalises each update, so a weight moves by at most ~lr per step either way; the
+# runs can differ by up to ~lr * 2^-8 * (a few) per step: 2 steps at lr 1e-3 stay under 1e-4.
+BF16_TOLERANCE = 1e-4
 RUN_TIMEOUT_S = 420
 
 # Runs training.pretrain as __main__; saves the trained weights to $WEIGHTS_OUT, and with
@@ -111,7 +116,8 @@ class Run:
             f"--max_predictions_per_seq={PREDICTIONS}", f"--batch_size={BATCH}",
             f"--train_steps={steps}", "--warmup_steps=1", f"--learning_rate={LEARNING_RATE}",
             "--checkpoint_every=2", "--log_every=1", "--validation_fraction=0",
-            "--export_dir=", "--verbose=2", f"--model_dir={self.model_dir}", *extra]
+            "--export_dir=", "--verbose=2", f"--model_dir={self.model_dir}",
+            "--precision=float32", "--compile_mode=xla", *extra]
         self.env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": "",
                     "WEIGHTS_OUT": str(self.weights), **(env or {})}
         self.command = [sys.executable, "-c", WRAPPER, *args]
@@ -276,3 +282,31 @@ def test_multi_worker_resumes_after_a_worker_is_killed(records, tmp_path):
     assert _final_checkpoint_step(model_dir) == steps
     assert _max_difference(second[0].load_weights(), second[1].load_weights()) == 0.0
     assert _max_difference(second[0].load_weights(), single.load_weights()) <= RESUME_TOLERANCE
+
+
+@pytest.mark.slow
+def test_multi_worker_bfloat16_with_gradient_accumulation_matches_single_process(records,
+                                                                                tmp_path):
+    """mixed_bfloat16 x gradient accumulation x 2 MWMS worker processes (oneDNN graph mode,
+    the CPU fast path): the replicas stay identical, the step counter counts optimizer
+    updates, and the weights match one process with the same settings to within bfloat16
+    rounding of the per-replica half batches (see BF16_TOLERANCE)."""
+    steps = 2
+    extra = ["--precision=mixed_bfloat16", "--compile_mode=graph",
+             "--gradient_accumulation_steps=2"]
+    workers, _ = _worker_runs(records, tmp_path, steps)
+    for run in workers:
+        run.command += extra
+    single = Run(records, tmp_path, "single", steps, ["--strategy=default", *extra])
+    runs = [*workers, single]
+    codes = _run_all(runs)
+    for run, code in zip(runs, codes):
+        assert code == 0, run.tail()
+        assert "Precision mixed_bfloat16, compile mode graph" in run.text(), run.tail()
+    worker0, worker1 = workers[0].load_weights(), workers[1].load_weights()
+    assert _max_difference(worker0, worker1) == 0.0
+    reference = single.load_weights()
+    assert _max_difference(worker0, reference) <= BF16_TOLERANCE
+    moved = max(float(np.max(np.abs(v))) for k, v in reference.items() if "beta" in k)
+    assert moved > 10 * BF16_TOLERANCE
+    assert _final_checkpoint_step(workers[0].model_dir) == steps

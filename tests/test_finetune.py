@@ -107,7 +107,8 @@ def test_tiny_classification_learns_a_separable_task(tmp_path):
         task="classification", train_file=_write_sentiment(tmp_path / "train.tsv", 256, 0),
         eval_file=_write_sentiment(tmp_path / "dev.tsv", 40, 1), model_dir=str(tmp_path / "run"),
         config=tiny_config(vocab_size=len(CLASS_VOCAB)), vocab=str(vocab), epochs=2,
-        batch_size=16, seq_length=12, learning_rate=5e-3, jit_compile=False, verbose=0,
+        batch_size=16, seq_length=12, learning_rate=5e-3, precision="float32",
+        compile_mode="graph", verbose=0,
         export_dir=str(tmp_path / "export"))
     summary = finetune.run(settings)
     assert summary["labels"] == ["neg", "pos"]
@@ -135,7 +136,8 @@ def test_span_pipeline_trains_and_evaluates_end_to_end(tmp_path):
         task="span", train_file=SQUAD_TINY, eval_file=SQUAD_TINY, model_dir=str(tmp_path / "run"),
         config=config, vocab=str(vocab), epochs=12, batch_size=8, eval_batch_size=16,
         seq_length=48, doc_stride=16, max_query_length=16, max_answer_length=10,
-        learning_rate=3e-3, warmup_proportion=0.1, jit_compile=True, verbose=0)
+        learning_rate=3e-3, warmup_proportion=0.1, precision="float32",
+        compile_mode="xla", verbose=0)
     summary = finetune.run(settings)
     history = summary["history"]
     assert len(history) == 12

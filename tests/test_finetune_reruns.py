@@ -33,7 +33,8 @@ def test_a_worse_rerun_keeps_the_best_and_another_task_needs_overwrite_best(tmp_
         values = dict(task="classification", train_file=train, eval_file=dev,
                       model_dir=model_dir, config=tiny_config(vocab_size=len(CLASS_VOCAB)),
                       vocab=str(vocab), epochs=2, batch_size=16, seq_length=12,
-                      learning_rate=5e-3, jit_compile=False, verbose=0)
+                      learning_rate=5e-3, precision="float32",
+                      compile_mode="graph", verbose=0)
         return finetune.FinetuneSettings(**{**values, **changes})
 
     good = finetune.run(settings())

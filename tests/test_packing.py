@@ -24,16 +24,22 @@ def _unpacked(lengths, seq, seed=0):
 
 
 def test_spfhp_hand_example():
-    # Longest first; all sequences of one length are placed together, each into the open
-    # pack with the most space left that fits it (equal lengths never pair in their own
-    # pass): 100 -> new (28 left); both 60s -> new (68, 68); 30 -> (60, 30) (38);
-    # 20 -> the other 60 (68): (60, 20) (48); 10 -> (60, 20, 10), closed at 3 sequences.
+    # Longest first, each into the open pack with the most space left that fits it:
+    # 100 -> new (28 left); 60 -> new (68); 60 -> (60, 60) (8); 30 fits neither -> new (98);
+    # 20 -> (30, 20) (78); 10 -> (30, 20, 10), closed at 3 sequences.
     histogram = np.bincount([100, 60, 60, 30, 20, 10], minlength=129)
     assert packing.pack_histogram(histogram, 128, 3) == {
-        (100,): 1, (60, 30): 1, (60, 20, 10): 1}
-    # At most 2 per pack: (60, 30) and (60, 20) close, so 10 joins 100 (28 left).
+        (100,): 1, (60, 60): 1, (30, 20, 10): 1}
+    # At most 2 per pack: (30, 20) closes, so 10 goes to the pack with most space: (100,).
     assert packing.pack_histogram(histogram, 128, 2) == {
-        (100, 10): 1, (60, 30): 1, (60, 20): 1}
+        (100, 10): 1, (60, 60): 1, (30, 20): 1}
+
+
+def test_equal_lengths_fill_packs():
+    # 7 sequences of 8 tokens, rows of 24, at most 3 per row: 2 full rows and one of 1.
+    histogram = np.bincount([8] * 7, minlength=25)
+    assert packing.pack_histogram(histogram, 24, 3) == {(8, 8, 8): 2, (8,): 1}
+    assert packing.pack_histogram(histogram, 24, 2) == {(8, 8): 3, (8,): 1}
 
 
 def test_pack_sequences_is_a_valid_deterministic_partition():
@@ -477,3 +483,51 @@ def test_malformed_packed_records_name_file_and_row(tmp_path):
     with pytest.raises(ValueError, match=r"bad.tfrecord .*: sequence_ids of row 1 are not "
                                          "contiguous"):
         tfrecord.read_dataset(str(tmp_path / "bad.tfrecord"), 10, 4, max_sequences_per_pack=3)
+
+
+# --- fine-tuning on packed rows -------------------------------------------------------------
+
+
+def test_packed_classification_loss_equals_unpacked(tiny_config, randomize_weights):
+    from keras import ops
+
+    lengths = [7, 9, 8, 5, 11, 2]
+    examples = _unpacked(lengths, seq=12, seed=11)
+    examples["labels"] = examples["labels"] % 3
+    _, classifier = _models(tiny_config, randomize_weights, "groupbert")
+    packed = packing.layout_packed_rows(examples, [(1, 4), (0, 2, 3), (5,)], 24, 3,
+                                        per_sequence=("labels",))
+    x = {k: packed[k] for k in (*packing.ROW_FEATURES, "cls_positions")}
+    y = {"labels": packed["labels"], "sequence_weights": packed["sequence_weights"]}
+    unpacked_x = {k: examples[k] for k in ("token_ids", "segment_ids", "padding_mask")}
+    loss = classifier.compute_loss(y=y, y_pred=classifier(x))
+    reference = classifier.compute_loss(y={"labels": examples["labels"]},
+                                        y_pred=classifier(unpacked_x))
+    assert float(ops.convert_to_numpy(loss)) == pytest.approx(
+        float(ops.convert_to_numpy(reference)), rel=1e-6)
+    assert float(ops.convert_to_numpy(classifier.loss_counts(y)["classification"])) == 6
+
+
+@pytest.mark.slow
+def test_finetune_trains_classification_on_packed_rows(tmp_path):
+    from tests.conftest import tiny_config
+    from tests.test_finetune import CLASS_VOCAB, _write_sentiment
+    from training import finetune
+
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(CLASS_VOCAB) + "\n")
+    settings = finetune.FinetuneSettings(
+        task="classification", train_file=_write_sentiment(tmp_path / "train.tsv", 256, 0),
+        eval_file=_write_sentiment(tmp_path / "dev.tsv", 40, 1), model_dir=str(tmp_path / "run"),
+        config=tiny_config(vocab_size=len(CLASS_VOCAB)), vocab=str(vocab), epochs=2,
+        batch_size=4, seq_length=24, learning_rate=5e-3, precision="float32",
+        compile_mode="graph", verbose=0,
+        max_sequences_per_pack=3)
+    summary = finetune.run(settings)
+    # 256 examples of 8 tokens, 3 per row of 24: 86 rows, 21 steps of 4 rows per epoch.
+    assert summary["steps_per_epoch"] == 21
+    assert summary["best"] == 1.0, summary["history"]  # evaluated unpacked
+    with pytest.raises(ValueError, match="--max_sequences_per_pack packs classification"):
+        finetune.run(finetune.FinetuneSettings(
+            task="span", train_file="", eval_file="", model_dir=str(tmp_path / "span"),
+            max_sequences_per_pack=3))

@@ -165,7 +165,7 @@ def test_cli_resumes_after_sigkill_and_initialises_from_checkpoint(wiki_subset, 
     """Kill a run once it has written a checkpoint; the restarted run continues the step
     counter and ends at --train_steps. A second model_dir started with --init_checkpoint
     begins at step 0 (weights only); that run also exercises --steps_per_execution,
-    --gradient_accumulation_steps and --mixed_precision."""
+    --gradient_accumulation_steps and --precision=mixed_bfloat16."""
     corpus, vocab = wiki_subset
     run = str(tmp_path / "run")
     steps = 16
@@ -193,7 +193,7 @@ def test_cli_resumes_after_sigkill_and_initialises_from_checkpoint(wiki_subset, 
     init_dir = str(tmp_path / "init")
     init_command = _cli(init_dir, corpus, vocab, "--train_steps", "4", "--checkpoint_every",
                         "2", "--init_checkpoint", source, "--steps_per_execution", "2",
-                        "--gradient_accumulation_steps", "2", "--mixed_precision")
+                        "--gradient_accumulation_steps", "2", "--precision=mixed_bfloat16")
     init_process = subprocess.Popen(init_command, cwd=REPO, stdout=subprocess.PIPE,
                                     stderr=subprocess.STDOUT, text=True, env=env)
     resumed = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=env,

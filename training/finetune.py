@@ -35,7 +35,8 @@ from groupbert_tf.models.encoder import GroupBertEncoder, as_config
 from groupbert_tf.models.span_labeler import GroupBertSpanLabeler
 from groupbert_tf.tokenization import BertTokenizer
 from training import data as data_lib
-from training import checkpointing, cli, flag_checks, glue_data, run_folder, squad_data
+from training import checkpointing, cli, flag_checks, glue_data, performance, run_folder
+from training import squad_data
 from training import trainer
 from training.optimization import WarmupPolynomialDecay, create_optimizer
 from training.train_step import XlaGradientsTrainStep
@@ -84,13 +85,16 @@ class FinetuneSettings:
     text_b_column: Optional[str] = None
     label_column: Optional[str] = None
     no_header: bool = False
+    # Pack up to this many training examples per row (docs/packing.md); 0: one per row.
+    max_sequences_per_pack: int = 0
     # Span data.
     doc_stride: int = 128
     max_query_length: int = 64
     max_answer_length: int = 30
     max_train_examples: Optional[int] = None
     seed: int = 0
-    jit_compile: bool = True
+    precision: str = "auto"
+    compile_mode: str = "auto"
     verbose: int = 1
     overwrite_best: bool = False  # Replace a previous run's best/ that this run cannot beat.
 
@@ -277,13 +281,16 @@ def _classification_data(settings, tokenizer):
     labels = glue_data.LabelVocabulary.from_examples(train)
     train_ds = glue_data.make_dataset(train, tokenizer, labels, settings.seq_length,
                                       settings.batch_size, training=True, seed=settings.seed,
-                                      path=settings.train_file)
+                                      path=settings.train_file,
+                                      max_sequences_per_pack=settings.max_sequences_per_pack)
     eval_ds = glue_data.make_dataset(evaluation, tokenizer, labels, settings.seq_length,
                                      settings.eval_batch_size, training=False,
                                      path=settings.eval_file)
     logging.info("Classification: %d training / %d eval examples, labels %s", len(train),
                  len(evaluation), labels.labels)
-    return train_ds, eval_ds, len(train), labels
+    # Training rows per epoch: packing puts several examples in one.
+    rows = int(train_ds.cardinality()) * settings.batch_size
+    return train_ds, eval_ds, rows, labels
 
 
 def run(settings: FinetuneSettings) -> Dict[str, Any]:
@@ -294,9 +301,15 @@ def run(settings: FinetuneSettings) -> Dict[str, Any]:
     """
     if settings.task not in TASKS:
         raise ValueError(f"--task must be one of {TASKS}, got {settings.task!r}")
+    if settings.max_sequences_per_pack and settings.task != "classification":
+        raise ValueError(f"--max_sequences_per_pack packs classification examples; "
+                         f"--task={settings.task} trains unpacked")
     if settings.export_dir:
         run_folder.check_writable(settings.export_dir, "--export_dir")
-    with run_folder.RunLock(settings.model_dir):
+    chosen = performance.configure(settings.precision, settings.compile_mode)
+    settings = dataclasses.replace(settings, precision=chosen.precision,
+                                   compile_mode=chosen.compile_mode)
+    with run_folder.RunLock(settings.model_dir), performance.dtype_policy(chosen.precision):
         return _run(settings)
 
 
@@ -349,7 +362,7 @@ def _run(settings):
     schedule = WarmupPolynomialDecay(settings.learning_rate,
                                      int(settings.warmup_proportion * total_steps), total_steps)
     optimizer = create_optimizer("adamw", schedule, weight_decay=settings.weight_decay)
-    model.compile(optimizer=optimizer, jit_compile=settings.jit_compile)
+    model.compile(optimizer=optimizer, jit_compile=settings.compile_mode == "xla")
     identity = {
         "task": settings.task, "monitor": monitor, "seq_length": settings.seq_length,
         "eval_file": os.path.abspath(settings.eval_file),
@@ -438,12 +451,16 @@ def define_flags():
     flags.DEFINE_string("text_b_column", None, "Column of text B (sentence pairs).")
     flags.DEFINE_string("label_column", None, "Column of the label.")
     flags.DEFINE_bool("no_header", False, "The files have no header line.")
+    flags.DEFINE_integer("max_sequences_per_pack", 0,
+                         "Classification: pack up to this many training examples per row "
+                         "(docs/packing.md); --batch_size then counts rows. Evaluation and "
+                         "export stay unpacked. 0: one example per row.")
     flags.DEFINE_integer("doc_stride", 128, "Span: tokens between window starts.")
     flags.DEFINE_integer("max_query_length", 64, "Span: question tokens kept.")
     flags.DEFINE_integer("max_answer_length", 30, "Span: longest answer, in tokens.")
     flags.DEFINE_integer("max_train_examples", None, "Use only the first N training examples.")
     flags.DEFINE_integer("seed", 0, "Seed.")
-    flags.DEFINE_bool("xla", True, "XLA-compile the forward and backward pass.")
+    performance.define_flags()
     flags.DEFINE_integer("verbose", 1, "Keras progress: 1 = bar, 2 = one line per epoch.")
     flags.mark_flags_as_required(["train_file", "eval_file"])
 
@@ -451,6 +468,9 @@ def define_flags():
 def main(argv):
     del argv
     flag_checks.check(FLAGS)  # Before anything is built.
+    # Process-wide settings before TensorFlow does any work (this may restart the process).
+    chosen = performance.ensure_process_flags(performance.resolve(FLAGS.precision,
+                                                                  FLAGS.compile_mode))
     settings = FinetuneSettings(
         task=FLAGS.task, train_file=FLAGS.train_file, eval_file=FLAGS.eval_file,
         model_dir=FLAGS.model_dir, config=FLAGS.config, init_checkpoint=FLAGS.init_checkpoint,
@@ -461,9 +481,11 @@ def main(argv):
         dropout=FLAGS.dropout, export_dir=FLAGS.export_dir or None, glue_task=FLAGS.glue_task,
         text_a_column=FLAGS.text_a_column, text_b_column=FLAGS.text_b_column,
         label_column=FLAGS.label_column, no_header=FLAGS.no_header,
+        max_sequences_per_pack=FLAGS.max_sequences_per_pack,
         doc_stride=FLAGS.doc_stride, max_query_length=FLAGS.max_query_length,
         max_answer_length=FLAGS.max_answer_length, max_train_examples=FLAGS.max_train_examples,
-        seed=FLAGS.seed, jit_compile=FLAGS.xla, verbose=FLAGS.verbose,
+        seed=FLAGS.seed, precision=chosen.precision, compile_mode=chosen.compile_mode,
+        verbose=FLAGS.verbose,
         overwrite_best=FLAGS.overwrite_best)
     summary = run(settings)
     print(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=2))

@@ -67,16 +67,7 @@ class CrossReplicaClipping:
 
     Called in replica context before Keras sums gradients across replicas: we sum them
     here, clip, and hand each replica 1/R of the clipped total so Keras' sum restores it.
-
-    Also evaluates a learning-rate schedule at the optimizer step: Keras 3.15 passes the
-    micro-batch counter, so with gradient accumulation the schedule would run
-    `gradient_accumulation_steps` times too fast.
     """
-
-    def _get_current_learning_rate(self):
-        if isinstance(self._learning_rate, keras.optimizers.schedules.LearningRateSchedule):
-            return self._learning_rate(self.iterations)
-        return super()._get_current_learning_rate()
 
     def _clip_gradients(self, grads):
         context = tf.distribute.get_replica_context()
@@ -129,11 +120,13 @@ class Lamb(CrossReplicaClipping, keras.optimizers.Lamb):
 
 
 def create_optimizer(name, learning_rate, weight_decay=0.01, beta_1=0.9, beta_2=0.999,
-                     epsilon=1e-6, global_clipnorm=1.0, gradient_accumulation_steps=None):
-    """`lamb` or `adamw` with the reference's hyper-parameters and exclusions."""
-    accumulate = gradient_accumulation_steps if (gradient_accumulation_steps or 0) > 1 else None
+                     epsilon=1e-6, global_clipnorm=1.0):
+    """`lamb` or `adamw` with the reference's hyper-parameters and exclusions.
+
+    Gradient accumulation is the train step's (training/train_step.py), not the optimizer's.
+    """
     common = dict(learning_rate=learning_rate, beta_1=beta_1, beta_2=beta_2, epsilon=epsilon,
-                  global_clipnorm=global_clipnorm, gradient_accumulation_steps=accumulate)
+                  global_clipnorm=global_clipnorm)
     if name == "lamb":
         return Lamb(weight_decay_rate=weight_decay, **common)
     if name == "adamw":

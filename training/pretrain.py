@@ -16,7 +16,7 @@ from absl import app, flags, logging
 from groupbert_tf import export  # noqa: F401  (written next)
 from groupbert_tf.config import GroupBertConfig
 from training import checkpointing, cli, data, flag_checks, pretraining_data, run_folder, tfrecord
-from training import trainer
+from training import performance, trainer
 from training import strategy as strategy_lib
 
 FLAGS = flags.FLAGS
@@ -49,8 +49,6 @@ flags.DEFINE_integer("gradient_accumulation_steps", 1, "Batches per optimizer st
 flags.DEFINE_integer("steps_per_execution", 1, "Batches per tf.function call.")
 flags.DEFINE_integer("checkpoint_every", 50, "Save a checkpoint every N steps.")
 flags.DEFINE_integer("log_every", 50, "Throughput log interval in steps.")
-flags.DEFINE_bool("mixed_precision", False, "mixed_bfloat16 (LayerNorm and softmax in float32).")
-flags.DEFINE_bool("xla", True, "XLA-compile the forward and backward pass.")
 flags.DEFINE_integer("seed", 0, "Seed for data and initialisation.")
 flags.DEFINE_bool("shuffle", True,
                   "Shuffle --tfrecords files and examples (seeded by --seed); --noshuffle reads "
@@ -68,6 +66,7 @@ flags.DEFINE_string("export_dir", "saved_models/groupbert-mini",
                     "SavedModel export (TF Serving layout <dir>/<version>); empty: no export.")
 flags.DEFINE_integer("verbose", 1, "Keras progress: 1 = progress bar, 2 = one line per epoch.")
 strategy_lib.define_flags()
+performance.define_flags()
 
 
 def apply_overrides(path):
@@ -129,7 +128,10 @@ def _main(argv):
     run_folder.check_writable(FLAGS.model_dir, "--model_dir")
     if FLAGS.export_dir:
         run_folder.check_writable(FLAGS.export_dir, "--export_dir")
-    # The strategy must exist before TensorFlow creates any tensor.
+    # Process-wide settings first (this may restart the process), then the strategy, which
+    # must exist before TensorFlow creates any tensor.
+    chosen = performance.ensure_process_flags(performance.resolve(
+        FLAGS.precision, FLAGS.compile_mode, FLAGS.strategy))
     strategy, _ = strategy_lib.strategy_from_flags()
 
     config_source = FLAGS.config
@@ -178,7 +180,8 @@ def _main(argv):
         gradient_accumulation_steps=FLAGS.gradient_accumulation_steps,
         steps_per_execution=FLAGS.steps_per_execution, checkpoint_every=FLAGS.checkpoint_every,
         log_every=FLAGS.log_every, init_checkpoint=FLAGS.init_checkpoint,
-        mixed_precision=FLAGS.mixed_precision, jit_compile=FLAGS.xla, verbose=FLAGS.verbose)
+        precision=chosen.precision, compile_mode=chosen.compile_mode,
+        verbose=FLAGS.verbose)
     keras.utils.set_random_seed(FLAGS.seed)
     model, throughput, results = trainer.pretrain(config, settings, strategy, train_dataset_fn,
                                                   validation, flag_values=_run_flags())

@@ -24,16 +24,38 @@ def _version_tuple(version):
 MULTI_WORKER_WORKAROUND = (3, 0, 0) <= _version_tuple(keras.__version__) < (3, 16, 0)
 
 
+def group_micro_batches(dataset, steps):
+    """Groups every `steps` consecutive batches of `dataset` into one element whose tensors
+    are [batch, steps, ...]: the input of a train step that accumulates `steps` micro-batches
+    (`compile(gradient_accumulation_steps=steps)`). The batch axis stays first, so a strategy
+    still splits each micro-batch across its replicas."""
+    if steps == 1:
+        return dataset
+
+    def batch_first(*element):
+        return tf.nest.map_structure(
+            lambda t: tf.transpose(t, [1, 0, *range(2, t.shape.rank)]), element)
+
+    return dataset.batch(steps, drop_remainder=True).map(batch_first)
+
+
 class XlaGradientsTrainStep:
     """Mixin for a task model that defines `loss_counts(y)` and `loss_sums(y, y_pred)`.
 
     Loss terms are per-replica sums divided by *global* counts (all-reduced before the XLA
     call), so R replicas reproduce one replica on the global batch exactly.
+
+    Gradient accumulation happens inside one train step: its input holds the micro-batches
+    (`group_micro_batches`), their gradients are summed and applied once. Keras' optimizer
+    accumulation applies conditionally, which MirroredStrategy cannot run (a cross-replica
+    sum inside `cond`); and the micro-batches' losses share the global counts, so N
+    micro-batches equal one batch N times as large.
     """
 
-    def compile(self, *args, jit_compile=True, **kwargs):
+    def compile(self, *args, jit_compile=True, gradient_accumulation_steps=1, **kwargs):
         """`jit_compile` here means: XLA-compile the loss and gradients."""
         super().compile(*args, jit_compile=False, **kwargs)
+        self.gradient_accumulation_steps = gradient_accumulation_steps
         self._loss_and_gradients = tf.function(
             self._compute_loss_and_gradients, jit_compile=bool(jit_compile),
             reduce_retracing=True)
@@ -46,24 +68,37 @@ class XlaGradientsTrainStep:
         gradients = tape.gradient(scaled_loss, self.trainable_variables)
         return loss, gradients, y_pred
 
+    def _micro_batches(self, x, y):
+        steps = getattr(self, "gradient_accumulation_steps", 1)
+        if steps == 1:
+            return [(x, y)]
+        return [tf.nest.map_structure(lambda t, k=k: t[:, k], (x, y)) for k in range(steps)]
+
     def train_step(self, data):
         x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
-        counts = self.loss_counts(y)
+        micro_batches = self._micro_batches(x, y)
+        counts = tf.nest.map_structure(lambda *c: tf.add_n(c),
+                                       *[self.loss_counts(y_k) for _, y_k in micro_batches])
         context = tf.distribute.get_replica_context()
         replicas = context.num_replicas_in_sync if context is not None else 1
         if replicas > 1:
             counts = context.all_reduce(tf.distribute.ReduceOp.SUM, counts)
-        loss, gradients, y_pred = self._loss_and_gradients(x, y, counts)
-        if replicas > 1:
-            # The embedding gradient is an IndexedSlices (gather); cross-replica clipping
-            # (training/optimization.py) sums, clips and rescales dense gradients. The tied
+        loss, gradients = 0.0, None
+        for x_k, y_k in micro_batches:
+            loss_k, gradients_k, y_pred = self._loss_and_gradients(x_k, y_k, counts)
+            # Embedding gradients are IndexedSlices (a gather); summing, and the
+            # cross-replica clipping (training/optimization.py), need dense tensors. The tied
             # MLM decoder makes that gradient dense anyway.
-            gradients = [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g
-                         for g in gradients]
+            gradients_k = [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g
+                           for g in gradients_k]
+            loss = loss + loss_k
+            gradients = (gradients_k if gradients is None
+                         else [a + b for a, b in zip(gradients, gradients_k)])
+            logs = self.compute_metrics(x_k, y_k, y_pred)
         self.optimizer.apply_gradients(zip(gradients, self.trainable_variables))
         # `loss` is this replica's share of the global loss; the tracker averages replicas.
         self._loss_tracker.update_state(loss * replicas)
-        return self._global_logs(self.compute_metrics(x, y, y_pred))
+        return self._global_logs(logs)
 
     def test_step(self, data):
         return self._global_logs(super().test_step(data))

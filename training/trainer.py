@@ -14,9 +14,9 @@ from groupbert_tf import flops
 from groupbert_tf.config import GroupBertConfig
 from groupbert_tf.models.pretrainer import GroupBertPretrainer
 from training import callbacks as training_callbacks
-from training import checkpointing, run_folder
+from training import checkpointing, performance, run_folder
 from training.optimization import WarmupPolynomialDecay, create_optimizer
-from training.train_step import XlaGradientsTrainStep
+from training.train_step import XlaGradientsTrainStep, group_micro_batches
 
 
 @keras.saving.register_keras_serializable(package="groupbert_tf")
@@ -43,8 +43,8 @@ class TrainingSettings:
     checkpoint_every: int = 100
     log_every: int = 50
     init_checkpoint: Optional[str] = None
-    mixed_precision: bool = False
-    jit_compile: bool = True
+    precision: str = "auto"
+    compile_mode: str = "auto"
     verbose: int = 1
 
 
@@ -54,10 +54,10 @@ def build_model(config: GroupBertConfig, settings: TrainingSettings) -> Pretrain
     schedule = WarmupPolynomialDecay(
         settings.learning_rate, settings.warmup_steps, settings.train_steps,
         warmup_power=settings.warmup_power)
-    optimizer = create_optimizer(settings.optimizer, schedule, weight_decay=settings.weight_decay,
-                                 gradient_accumulation_steps=settings.gradient_accumulation_steps)
-    model.compile(optimizer=optimizer, jit_compile=settings.jit_compile,
-                  steps_per_execution=settings.steps_per_execution)
+    optimizer = create_optimizer(settings.optimizer, schedule, weight_decay=settings.weight_decay)
+    model.compile(optimizer=optimizer, jit_compile=settings.compile_mode == "xla",
+                  steps_per_execution=settings.steps_per_execution,
+                  gradient_accumulation_steps=settings.gradient_accumulation_steps)
     optimizer.build(model.trainable_variables)
     return model
 
@@ -157,9 +157,10 @@ def pretrain(config, settings: TrainingSettings, strategy, train_dataset_fn,
 
 
 def _train(config, settings, strategy, train_dataset_fn, validation_dataset):
-    if settings.mixed_precision:
-        keras.mixed_precision.set_global_policy("mixed_bfloat16")
-    with strategy.scope():
+    chosen = performance.configure(settings.precision, settings.compile_mode)
+    settings = dataclasses.replace(settings, precision=chosen.precision,
+                                   compile_mode=chosen.compile_mode)
+    with performance.dtype_policy(chosen.precision), strategy.scope():
         model = build_model(config, settings)
         manager, how = restore_or_initialize(model, settings.model_dir, settings.init_checkpoint)
     logging.info("%s.", how)
@@ -167,8 +168,8 @@ def _train(config, settings, strategy, train_dataset_fn, validation_dataset):
     if start_step >= settings.train_steps:
         logging.info("Already at step %d of %d: nothing to train.", start_step,
                      settings.train_steps)
-    throughput = training_callbacks.Throughput(
-        settings.global_batch_size, settings.seq_length,
+    throughput = training_callbacks.Throughput(  # Sequences per optimizer step:
+        settings.global_batch_size * settings.gradient_accumulation_steps, settings.seq_length,
         flops.training_flops(config, settings.seq_length, settings.max_predictions_per_seq),
         every_steps=max(settings.log_every // settings.steps_per_execution, 1))
     callbacks = [
@@ -181,12 +182,14 @@ def _train(config, settings, strategy, train_dataset_fn, validation_dataset):
             os.path.join(settings.model_dir, "tensorboard"), update_freq=settings.log_every))
     try:
         if start_step < settings.train_steps:
-            # One epoch of exactly the remaining batches: step counts stay exact across resumes.
-            batches = (settings.train_steps - start_step) * settings.gradient_accumulation_steps
-            # `take`: Keras runs whole executions of `steps_per_execution` batches unless the
+            # One epoch of exactly the remaining steps: step counts stay exact across resumes.
+            steps = settings.train_steps - start_step
+            # `take`: Keras runs whole executions of `steps_per_execution` steps unless the
             # data ends, which would overshoot `train_steps` when it does not divide it.
-            dataset = train_dataset_fn(start_step).take(batches)
-            model.fit(dataset, epochs=1, steps_per_epoch=batches, callbacks=callbacks,
+            dataset = group_micro_batches(
+                train_dataset_fn(start_step).take(steps * settings.gradient_accumulation_steps),
+                settings.gradient_accumulation_steps)
+            model.fit(dataset, epochs=1, steps_per_epoch=steps, callbacks=callbacks,
                       verbose=settings.verbose)
             throughput.report()
     finally:

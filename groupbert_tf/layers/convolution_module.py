@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from groupbert_tf.layers.initializers import truncated_normal
+from groupbert_tf.native_ops import has_native_grouped_conv1d, native_grouped_conv1d
 
 
 def conv_tap_mask(sequence_ids, kernel_size):
@@ -92,11 +93,32 @@ class ConvolutionModule(keras.layers.Layer):
         values, gates = ops.split(self.glu(inputs), 2, axis=-1)
         hidden = values * ops.sigmoid(gates)
         hidden = hidden * ops.cast(padding_mask, hidden.dtype)[:, :, None]
-        tap_mask = None if sequence_ids is None else conv_tap_mask(sequence_ids, self.kernel_size)
-        hidden = grouped_conv1d(hidden, ops.cast(self.conv_kernel, hidden.dtype), self.groups,
-                                tap_mask)
+        hidden = self._grouped_conv(hidden, ops.cast(self.conv_kernel, hidden.dtype), sequence_ids)
         hidden = ops.silu(self.conv_norm(hidden))
         return self.output_dense(hidden)
+
+    def _grouped_conv(self, hidden, kernel, sequence_ids):
+        """The backend's native grouped convolution where it is the fast path, else the
+        portable form; both equal per-sequence zero padding on packed rows."""
+        if not has_native_grouped_conv1d():
+            tap_mask = (None if sequence_ids is None
+                        else conv_tap_mask(sequence_ids, self.kernel_size))
+            return grouped_conv1d(hidden, kernel, self.groups, tap_mask)
+        if sequence_ids is None:
+            return native_grouped_conv1d(hidden, kernel)
+        # A native convolution knows no sequence boundaries. Its taps reach r = (K-1)/2
+        # positions, so sequences whose indices differ by r+1 or more are out of each other's
+        # reach (the r sequences between them hold at least r tokens). One convolution per
+        # class of sequence index mod r+1, of the inputs of that class, kept on that class,
+        # is therefore exactly each sequence convolved with its own zero padding.
+        classes = (self.kernel_size - 1) // 2 + 1
+        outputs = 0
+        for index in range(classes):
+            in_class = ops.logical_and(ops.equal(sequence_ids % classes, index),
+                                       ops.greater(sequence_ids, 0))
+            in_class = ops.cast(in_class, hidden.dtype)[:, :, None]
+            outputs = outputs + in_class * native_grouped_conv1d(hidden * in_class, kernel)
+        return outputs
 
     def compute_output_shape(self, input_shape):
         return input_shape
