@@ -1,7 +1,8 @@
 """Throughput and peak memory of `python -m training.create_pretraining_data` (docs/data.md).
 
-Runs the CLI as a child process and samples the resident memory of its whole process tree
-(the launcher and Beam's worker processes) from /proc every 0.2 s.
+Runs the CLI as a child process and samples the resident memory and CPU time of its whole
+process tree (the launcher and Beam's worker processes) from /proc every 0.2 s; CPU seconds
+say what the run costs when other jobs share the cores.
 
   .venv/bin/python -m benchmarks.beam_pipeline --input=data/large/*.txt --output_dir=/tmp/shards
 """
@@ -15,8 +16,8 @@ import sys
 import time
 
 
-def _tree_rss(root_pid):
-    """(sum, max) resident MiB over `root_pid` and its descendants."""
+def _tree(root_pid):
+    """{pid: (resident MiB, CPU seconds)} of `root_pid` and its descendants."""
     children = {}
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
@@ -25,17 +26,20 @@ def _tree_rss(root_pid):
             children.setdefault(ppid, []).append(int(pid))
         except (OSError, ValueError, IndexError):
             continue
-    stack, rss = [root_pid], []
+    stack, out = [root_pid], {}
+    tick = os.sysconf("SC_CLK_TCK")
     while stack:
         pid = stack.pop()
         stack.extend(children.get(pid, []))
         try:
             with open(f"/proc/{pid}/status") as f:
                 kb = next(int(l.split()[1]) for l in f if l.startswith("VmRSS:"))
-            rss.append(kb / 1024)
-        except (OSError, StopIteration):
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            out[pid] = (kb / 1024, (int(fields[11]) + int(fields[12])) / tick)
+        except (OSError, StopIteration, ValueError, IndexError):
             continue
-    return sum(rss), max(rss, default=0.0)
+    return out
 
 
 def main(argv=None):
@@ -49,10 +53,14 @@ def main(argv=None):
     start = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     peak_sum = peak_one = 0.0
+    cpu = {}  # Last CPU seconds seen per process (processes may end before the run).
     while proc.poll() is None:
-        total, one = _tree_rss(proc.pid)
-        peak_sum, peak_one = max(peak_sum, total), max(peak_one, one)
+        tree = _tree(proc.pid)
+        rss = [r for r, _ in tree.values()]
+        peak_sum, peak_one = max(peak_sum, sum(rss)), max([peak_one, *rss])
+        cpu.update({pid: c for pid, (_, c) in tree.items()})
         time.sleep(0.2)
+    cpu_seconds = sum(cpu.values())
     seconds = time.monotonic() - start
     stderr = proc.stderr.read()
     if proc.returncode:
@@ -72,6 +80,10 @@ def main(argv=None):
         "examples_per_s": round(manifest["examples"] / seconds, 1),
         "mb_per_s": round(input_mb / seconds, 3),
         "minutes_per_gb": round(seconds / 60 * 1024 / input_mb, 1),
+        "cpu_seconds": round(cpu_seconds, 1),
+        "cpu_minutes_per_gb": round(cpu_seconds / 60 * 1024 / input_mb, 1),
+        "documents_per_cpu_s": round(documents / cpu_seconds, 1),
+        "examples_per_cpu_s": round(manifest["examples"] / cpu_seconds, 1),
         "peak_rss_tree_mib": round(peak_sum), "peak_rss_one_process_mib": round(peak_one),
         "settings": manifest["settings"], "shards": len(manifest["shards"]),
     }
