@@ -18,6 +18,9 @@ from typing import List, Optional, Sequence, Union
 
 import numpy as np
 import tensorflow as tf
+from absl import logging
+
+from training import packing
 
 Column = Union[int, str]
 
@@ -224,15 +227,30 @@ def encode(examples: Sequence[Example], tokenizer, seq_length, chunk=1024):
 
 
 def make_dataset(examples, tokenizer, label_vocab: LabelVocabulary, seq_length, batch_size,
-                 training, seed=0, path=""):
-    """(inputs, {"labels"}) batches; training data is shuffled and drops the remainder."""
+                 training, seed=0, path="", max_sequences_per_pack=None):
+    """(inputs, {"labels"}) batches; training data is shuffled and drops the remainder.
+
+    `max_sequences_per_pack` packs up to that many examples per row (training/packing.py):
+    each row then has `sequence_ids` and `cls_positions`, labels are [rows, k] with
+    `sequence_weights`, and `batch_size` counts rows.
+    """
     features = encode(examples, tokenizer, seq_length)
     labels = np.array([label_vocab.id(e.label, path, e.line) for e in examples], np.int32)
-    dataset = tf.data.Dataset.from_tensor_slices((features, {"labels": labels}))
+    targets, items = {"labels": labels}, "examples"
+    if max_sequences_per_pack:
+        features, efficiency = packing.pack_examples({**features, **targets}, seq_length,
+                                                     max_sequences_per_pack, seed, ("labels",))
+        targets = {k: features.pop(k) for k in ("labels", "sequence_weights")}
+        items = "packed rows"
+        logging.info("%s: packed %d examples into %d rows of %d (at most %d per row): packing "
+                     "efficiency %.1f%%", path or "training data", len(examples),
+                     len(targets["labels"]), seq_length, max_sequences_per_pack, 100 * efficiency)
+    dataset = tf.data.Dataset.from_tensor_slices((features, targets))
+    rows = len(targets["labels"])
     if training:
-        if len(examples) < batch_size:
-            raise ValueError(f"{path or 'training data'}: {len(examples)} examples, fewer than "
+        if rows < batch_size:
+            raise ValueError(f"{path or 'training data'}: {rows} {items}, fewer than "
                              f"one batch of {batch_size}")
-        dataset = dataset.shuffle(len(examples), seed=seed, reshuffle_each_iteration=True)
+        dataset = dataset.shuffle(rows, seed=seed, reshuffle_each_iteration=True)
     dataset = dataset.batch(batch_size, drop_remainder=training)
     return dataset.prefetch(tf.data.AUTOTUNE)

@@ -56,6 +56,9 @@ def pack_histogram(histogram, seq_length, max_sequences_per_pack):
     the most space left that still fits it (the "shortest pack"), else starts a new pack.
     Packs that are full or hold `max_sequences_per_pack` sequences are closed. Packs are
     handled in bulk: one entry is a pack shape (a tuple of lengths) and how many packs have it.
+    Sequences of one length that fit no open pack fill new packs with as many copies as fit,
+    as placing them one at a time would (the published bulk version starts one pack per
+    sequence there, so equal-length data, e.g. short fine-tuning texts, would not pack).
 
     Args:
       histogram: histogram[n] = number of sequences of length n, for n in 0..seq_length.
@@ -81,7 +84,12 @@ def pack_histogram(histogram, seq_length, max_sequences_per_pack):
             space = next((s for s in range(seq_length - 1, length - 1, -1) if open_packs[s]),
                          None)
             if space is None:
-                add((length,), to_place)
+                per_pack = min(max_sequences_per_pack, seq_length // length)
+                full, rest = divmod(to_place, per_pack)
+                if full:
+                    add((length,) * per_pack, full)
+                if rest:
+                    add((length,) * rest, 1)
                 break
             entry = open_packs[space][-1]
             count = min(entry[0], to_place)
