@@ -531,3 +531,24 @@ def test_finetune_trains_classification_on_packed_rows(tmp_path):
         finetune.run(finetune.FinetuneSettings(
             task="span", train_file="", eval_file="", model_dir=str(tmp_path / "span"),
             max_sequences_per_pack=3))
+
+
+def test_packed_forward_equals_unpacked_under_xla(tiny_config, randomize_weights):
+    """XLA takes the portable convolution (tap mask), eager TensorFlow may take the native
+    one (groupbert_tf/native_ops.py): both keep the sequences apart."""
+    import tensorflow as tf
+
+    lengths = [7, 9, 8, 5, 11, 2]
+    examples = _unpacked(lengths, seq=12, seed=13)
+    encoder = _models(tiny_config, randomize_weights, "groupbert")[0].encoder
+    rows = [(0, 1, 2), (3, 4, 5)]
+    packed = packing.layout_packed_rows(examples, rows, 24, 3)
+    run = tf.function(lambda x: encoder(x)["sequence_output"], jit_compile=True)
+    got = run({k: tf.constant(packed[k]) for k in packing.ROW_FEATURES}).numpy()
+    want = run({k: tf.constant(examples[k])
+                for k in ("token_ids", "segment_ids", "padding_mask")}).numpy()
+    for r, row in enumerate(rows):
+        for slot, index in enumerate(row):
+            start, n = packed["cls_positions"][r, slot], lengths[index]
+            np.testing.assert_allclose(got[r, start:start + n], want[index, :n],
+                                       rtol=1e-5, atol=1e-5)
