@@ -158,8 +158,9 @@ def main(argv=None):
     print(f"# {common.machine_description()}, Keras {keras.__version__}; {now:%Y-%m-%d %H:%M} "
           f"UTC; load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}")
     print(f"# {' '.join(sys.argv)}")
-    print(f"# {args.config}, LAMB train step (XLA gradients: {args.xla}); {args.repeats} "
-          f"interleaved rounds after {args.warmup} warm-up calls; medians")
+    print(f"# {args.config}, LAMB train step, precision {args.precision}, compile mode "
+          f"{args.compile_mode}; {args.repeats} interleaved rounds after {args.warmup} warm-up "
+          "calls; medians")
     for i, seq_length in enumerate(args.seq_lengths):
         shape = (seq_length, args.batch_sizes[i], args.packs[i], args.predictions[i])
         throughput(config, *shape, args)
