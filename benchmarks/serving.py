@@ -27,6 +27,7 @@ import csv
 import datetime
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -126,13 +127,15 @@ def export_random_classifier(preset, export_root, vocab, seq_length):
 
 
 def onednn_kernels(version_dir):
-    """Counts of (primitive, implementation) oneDNN ran for a batch of 8 (ONEDNN_VERBOSE=1)."""
+    """Counts of `primitive:implementation (source dtype)` oneDNN ran for a batch of 8."""
     out = _fresh(ISA, args=[version_dir], env={"ONEDNN_VERBOSE": "1"})
     counts = collections.Counter()
     for line in out.splitlines():
         fields = line.split(",")
-        if len(fields) > 6 and fields[:4] == ["onednn_verbose", "v1", "primitive", "exec"]:
-            counts[f"{fields[5]}:{fields[6] or '(default)'}"] += 1
+        if len(fields) > 8 and fields[:4] == ["onednn_verbose", "v1", "primitive", "exec"]:
+            source = re.search(r"src[_:]([a-z0-9]+)", fields[8])
+            counts[f"{fields[5]}:{fields[6] or '(default)'} "
+                   f"({source.group(1) if source else '?'})"] += 1
     return counts
 
 

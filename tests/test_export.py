@@ -305,6 +305,11 @@ def test_cli_restores_checkpoint_and_exports(tmp_path, vocab, monkeypatch):
     assert path.endswith("ckpt-1")
     for a, b in zip(model.weights, restored.weights):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # Fine-tuning's best epoch is written with `Checkpoint.write` (no save counter).
+    tf.train.Checkpoint(model=model).write(str(tmp_path / "finetuned" / "best" / "best"))
+    restored, path = export_cli.restore_model("pretraining", config, str(tmp_path / "finetuned"))
+    assert path.endswith(os.path.join("best", "best"))
+    np.testing.assert_array_equal(np.asarray(restored.weights[0]), np.asarray(model.weights[0]))
     with pytest.raises(FileNotFoundError, match="--model_dir .*empty: no checkpoint"):
         export_cli.restore_model("pretraining", config, str(tmp_path / "empty"))
     with pytest.raises(ValueError, match="--task must be one of"):

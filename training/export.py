@@ -79,7 +79,8 @@ def restore_model(task, config, model_dir, checkpoint=None):
     path = trainer.find_checkpoint(checkpoint or model_dir,
                                    "--checkpoint" if checkpoint else "--model_dir")
     try:
-        status = tf.train.Checkpoint(model=model).restore(path).expect_partial()
+        # `read`, not `restore`: no save_counter to match (best/ is written without one).
+        status = tf.train.Checkpoint(model=model).read(path).expect_partial()
         # Every model variable must come from the checkpoint (optimizer state may be skipped).
         status.assert_existing_objects_matched()
     except (AssertionError, ValueError, tf.errors.OpError) as error:
@@ -111,7 +112,7 @@ def export_from_checkpoint(model_dir, config, task, export_dir, vocab=None, seq_
                            compute_dtype="float32"):
     """Restores a checkpoint and exports it; returns the version folder written.
 
-    `compute_dtype="bfloat16"` serves under `mixed_bfloat16` (export.with_compute_dtype).
+    `compute_dtype="bfloat16"` serves in bfloat16 (export.with_compute_dtype).
     """
     from training import data  # pylint: disable=import-outside-toplevel
     config = resolve_config(config, checkpoint or model_dir)
@@ -149,7 +150,7 @@ def define_flags():
     flags.DEFINE_integer("version", None, "Version number (default: next free integer).")
     flags.DEFINE_enum("compute_dtype", "float32", sorted(export.COMPUTE_DTYPE_POLICIES),
                       "Serving compute dtype: bfloat16 runs matmuls on oneDNN's bf16 kernels "
-                      "(AVX512_BF16 / AMX CPUs); variables and outputs stay float32.")
+                      "(AVX512_BF16 / AMX CPUs); LayerNorms and outputs stay float32.")
     flags.mark_flag_as_required("model_dir")
 
 
