@@ -154,6 +154,6 @@ def newest_intact(directory, tidy=False):
         _write_state(directory, chosen, [p for p in reversed(found)
                                          if os.path.exists(p + ".index")])
     if broken:
-        logging.warning("Resuming from %s, the newest readable checkpoint (%d newer one(s) "
+        logging.warning("Using %s, the newest readable checkpoint (%d newer one(s) "
                         "unreadable).", chosen, len(broken))
     return chosen
