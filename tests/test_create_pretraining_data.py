@@ -80,7 +80,7 @@ def test_one_pool_holds_the_in_memory_pipelines_examples(corpus, tmp_path):
     from groupbert_tf import tokenization
 
     manifest = _run_pipeline(corpus, tmp_path / "out", seq_length=64, dupe_factor=2,
-                             num_pools=1, num_shards=3, seed=7)
+                             num_pools=1, shards_per_pool=3, seed=7)
     tokenizer = tokenization.BertTokenizer(data.default_vocab_path())
     documents = pretraining_data.tokenize_documents(pretraining_data.read_documents(corpus),
                                                     tokenizer)
@@ -96,9 +96,9 @@ def test_one_pool_holds_the_in_memory_pipelines_examples(corpus, tmp_path):
 
 def test_manifest_lists_every_shard_with_its_sha256(corpus, tmp_path):
     manifest = _run_pipeline(corpus, tmp_path / "out", seq_length=64, dupe_factor=1,
-                             num_shards=4)
+                             shards_per_pool=4)
     files = sorted(os.path.basename(p) for p in glob.glob(str(tmp_path / "out" / "*")))
-    assert files == [f"examples-{i:05d}-of-00004.tfrecord" for i in range(4)] + [
+    assert files == [f"examples-00000-{i:03d}-of-00001-004.tfrecord" for i in range(4)] + [
         "manifest.json"]
     assert [s["file"] for s in manifest["shards"]] == files[:4]
     import hashlib
@@ -108,21 +108,22 @@ def test_manifest_lists_every_shard_with_its_sha256(corpus, tmp_path):
             assert hashlib.sha256(f.read()).hexdigest() == shard["sha256"]
         assert shard["examples"] == shard["is_next"] + shard["random_next"]
     assert sum(_records(tmp_path / "out").values()) == manifest["examples"]
-    assert manifest["settings"]["num_shards"] == 4 and manifest["settings"]["seq_length"] == 64
+    assert manifest["settings"]["shards_per_pool"] == 4
+    assert manifest["settings"]["seq_length"] == 64
 
 
 @pytest.mark.slow
 def test_shard_and_worker_counts_do_not_change_the_examples(corpus, tmp_path):
     one = _run_pipeline(corpus, tmp_path / "a", seq_length=64, dupe_factor=2, num_pools=3,
-                        num_shards=2)
+                        shards_per_pool=2)
     two = _run_pipeline(corpus, tmp_path / "b", ["--direct_running_mode=multi_processing",
                                                  "--direct_num_workers=2"],
-                        seq_length=64, dupe_factor=2, num_pools=3, num_shards=5)
+                        seq_length=64, dupe_factor=2, num_pools=3, shards_per_pool=5)
     records = _records(tmp_path / "a")
     assert records == _records(tmp_path / "b")  # Byte for byte, masks included.
     assert sum(records.values()) == one["examples"] == two["examples"] > 100
     other_seed = _run_pipeline(corpus, tmp_path / "c", seq_length=64, dupe_factor=2,
-                               num_pools=3, num_shards=2, seed=1)
+                               num_pools=3, shards_per_pool=2, seed=1)
     assert _records(tmp_path / "c") != records
 
 
@@ -194,8 +195,9 @@ def _error_line(proc):
     return stderr.strip().splitlines()[-1]
 
 
-@pytest.mark.slow
-def test_cli_bad_inputs_get_one_line_naming_the_file(tmp_path, corpus):
+def test_bad_inputs_are_named(tmp_path, corpus):
+    from training import pretraining_pipeline as pp
+
     bad_utf8 = tmp_path / "latin1.txt"
     bad_utf8.write_bytes("First document.\n\nCaf\u00e9 au lait.\n".encode("latin-1"))
     empty = tmp_path / "empty.txt"
@@ -208,16 +210,29 @@ def test_cli_bad_inputs_get_one_line_naming_the_file(tmp_path, corpus):
     unreadable.mkdir()
     cases = {
         bad_utf8: f"Corpus file {bad_utf8} is not UTF-8 text (line 3",
-        empty: f"Corpus file {empty} is empty",
         blank: f"Corpus file {blank} holds no text",
         bad_json: f"Corpus file {bad_json} line 2 has no string field 'text'",
         unreadable: f"Corpus file {unreadable} cannot be read",
     }
     for path, expected in cases.items():
-        line = _error_line(_cli(f"--input={corpus[0]},{path}",
-                                f"--output_dir={tmp_path / 'out'}"))
-        assert line.startswith(f"create_pretraining_data: error: {expected}"), line
-        assert not os.path.exists(tmp_path / "out")
+        with pytest.raises(pp.CorpusError) as error:
+            for file, _ in pp.expand_inputs([corpus[0], str(path)]):
+                pp.check_input(file, pp.input_format(file), "text")
+        assert str(error.value).startswith(expected)
+    with pytest.raises(pp.CorpusError, match=f"Corpus file {empty} is empty"):
+        pp.expand_inputs([str(empty)])
+    with pytest.raises(pp.CorpusError, match="matches no file"):
+        pp.expand_inputs([str(tmp_path / "none-*.txt")])
+
+
+@pytest.mark.slow
+def test_cli_bad_input_gets_one_line_and_no_output_folder(tmp_path, corpus):
+    bad = tmp_path / "latin1.txt"
+    bad.write_bytes("Caf\u00e9 au lait.\n".encode("latin-1"))
+    line = _error_line(_cli(f"--input={corpus[0]},{bad}", f"--output_dir={tmp_path / 'out'}"))
+    assert line == (f"create_pretraining_data: error: Corpus file {bad} is not UTF-8 text "
+                    "(line 1: invalid continuation byte)")
+    assert not os.path.exists(tmp_path / "out")
 
 
 @pytest.mark.slow
@@ -226,7 +241,7 @@ def test_cli_killed_run_leaves_only_whole_shards_and_a_rerun_refuses(tmp_path):
 
     out = tmp_path / "out"
     proc = _cli(f"--input={data.default_corpus_path()}", f"--output_dir={out}",
-                "--dupe_factor=2", "--num_shards=2", "--direct_num_workers=2",
+                "--dupe_factor=2", "--shards_per_pool=2", "--direct_num_workers=2",
                 start_new_session=True)
     deadline = time.monotonic() + 600
     while not glob.glob(str(out / "examples-*")) and time.monotonic() < deadline:
@@ -247,7 +262,7 @@ def test_packed_rows_hold_the_same_pairs(corpus, tmp_path):
     output's pairs; rows pass the packed-format checks and hold at most k pairs."""
     from training import tfrecord
 
-    args = dict(seq_length=64, dupe_factor=1, num_pools=2, num_shards=2)
+    args = dict(seq_length=64, dupe_factor=1, num_pools=2, shards_per_pool=2)
     google = _run_pipeline(corpus, tmp_path / "google", **args)
     packed = _run_pipeline(corpus, tmp_path / "packed", max_sequences_per_pack=3,
                            max_predictions_per_seq=30, **args)

@@ -50,9 +50,9 @@ def define_flags():
                          "(0: one per --pool_mb of input). Changes the examples.")
     flags.DEFINE_integer("pool_mb", 8, "Input text per pool when --num_pools=0; a worker holds one "
                          "pool's tokens and one pass of its pairs.")
-    flags.DEFINE_integer("num_shards", 0, "Output files (0: at least 8, one per --shard_mb of "
-                         "input). Does not change the examples, only which file holds each.")
-    flags.DEFINE_integer("shard_mb", 4, "Input text per shard when --num_shards=0.")
+    flags.DEFINE_integer("shards_per_pool", 0, "Output files per pool (0: 2, or more to make "
+                         "8 files in all). Does not change the examples, only which file holds "
+                         "each.", lower_bound=0)
     flags.DEFINE_integer("seed", 0, "Seed of pairs and masks.")
     flags.DEFINE_integer("max_sequences_per_pack", 0,
                          "0: Google's format, one pair per example. k > 0: packed rows of up "
@@ -67,13 +67,13 @@ def settings_from_flags(total_bytes):
     """The pipeline settings of the flags; automatic counts follow the input size."""
     num_pools = FLAGS.num_pools or pretraining_pipeline.auto_count(total_bytes,
                                                                    FLAGS.pool_mb * _MB)
-    num_shards = FLAGS.num_shards or pretraining_pipeline.auto_count(
-        total_bytes, FLAGS.shard_mb * _MB, minimum=8)
+    shards_per_pool = FLAGS.shards_per_pool or max(2, -(-8 // num_pools))
     return pretraining_pipeline.Settings(
         vocab=FLAGS.vocab or data.default_vocab_path(), seq_length=FLAGS.seq_length,
         dupe_factor=FLAGS.dupe_factor, short_seq_prob=FLAGS.short_seq_prob,
         max_predictions_per_seq=FLAGS.max_predictions_per_seq,
-        masked_lm_prob=FLAGS.masked_lm_prob, num_pools=num_pools, num_shards=num_shards,
+        masked_lm_prob=FLAGS.masked_lm_prob, num_pools=num_pools,
+        shards_per_pool=shards_per_pool,
         seed=FLAGS.seed, text_field=FLAGS.text_field,
         max_sequences_per_pack=FLAGS.max_sequences_per_pack)
 
@@ -148,10 +148,12 @@ def run(input_patterns, output_dir, beam_args=()):
                 settings.text_field)
     prepare_output_dir(output_dir)
     logging.info("%d input files, %.1f MB; %d pools, %d shards -> %s", len(inputs),
-                 total_bytes / _MB, settings.num_pools, settings.num_shards, output_dir)
+                 total_bytes / _MB, settings.num_pools,
+                 settings.num_pools * settings.shards_per_pool, output_dir)
     done = threading.Event()
-    progress = threading.Thread(target=_report_progress,
-                                args=(output_dir, settings.num_shards, done), daemon=True)
+    num_shards = settings.num_pools * settings.shards_per_pool
+    progress = threading.Thread(target=_report_progress, args=(output_dir, num_shards, done),
+                                daemon=True)
     start = time.monotonic()
     progress.start()
     try:

@@ -18,19 +18,24 @@ Stages:
      exactly as `create_examples` does over the whole corpus: NSP's random next
      segment comes from another document of the same pool.
   4. Mask (static, Google's rule, `training.static_masking`) and serialize.
-  5. Shard: an example goes to shard `hash % num_shards` and is ordered within
-     its shard by another hash; each shard is written to a hidden temporary
-     file and renamed into place, so a shard is either absent or complete.
-     Packed output (`max_sequences_per_pack` > 0) packs each shard's pairs
-     into rows (`training.packing`) and masks the rows instead: the pairs are
-     the same for any shard count, the rows they share are not.
+  5. Shard: a pool writes its pairs straight to its own `shards_per_pool`
+     files, each pair to the file its hash picks, in the order `create_pairs`
+     makes them (documents in random order). Files are written under hidden
+     temporary names and renamed when complete, so a shard is either absent or
+     whole. Packed output (`max_sequences_per_pack` > 0) keeps the pool's pairs,
+     packs each shard's into rows (`training.packing`) and masks the rows: the
+     pairs are the same for any number of shards, the rows they share are not.
   6. Manifest: `manifest.json`, written last, lists every shard with its
      example count and sha256, plus the settings and totals.
+
+Memory: no stage after the pools holds examples, so the runner shuffles only
+tokenized documents; a worker holds one pool and one pass of its pairs.
 
 Determinism: every random choice is seeded by (seed, pool) and every order is a
 sort by key or hash, so the output depends on the corpus and the settings only:
 not on the runner, the number of workers or how bundles are split.
-The number of shards changes which file holds an example, not the examples.
+The number of shards per pool changes which file holds an example, not the
+examples.
 With one pool the examples are exactly those of the in-memory pipeline
 (`create_examples`) for the same seed.
 """
@@ -67,7 +72,7 @@ class Settings:
     max_predictions_per_seq: int = 20
     masked_lm_prob: float = 0.15
     num_pools: int = 1
-    num_shards: int = 8
+    shards_per_pool: int = 8
     seed: int = 0
     text_field: str = "text"
     max_sequences_per_pack: int = 0  # 0: Google's format; k: packed rows of up to k pairs.
@@ -80,7 +85,7 @@ class Settings:
             ("max_predictions_per_seq", self.max_predictions_per_seq >= 1, "must be >= 1"),
             ("masked_lm_prob", 0 < self.masked_lm_prob <= 1, "must be in (0, 1]"),
             ("num_pools", self.num_pools >= 1, "must be >= 1"),
-            ("num_shards", self.num_shards >= 1, "must be >= 1"),
+            ("shards_per_pool", self.shards_per_pool >= 1, "must be >= 1"),
             ("max_sequences_per_pack", self.max_sequences_per_pack >= 0, "must be >= 0"),
         ]
         for name, ok, why in checks:
@@ -257,14 +262,71 @@ def _masker(settings):
     return masker, (tokenizer.cls_id, tokenizer.sep_id, tokenizer.pad_id)
 
 
-class BuildExamples(beam.DoFn):
-    """(pool, [(key, document)]) -> (shard, (order key, example, NSP label)).
+def shard_name(pool, shard, settings):
+    return (f"examples-{pool:05d}-{shard:03d}-of-{settings.num_pools:05d}-"
+            f"{settings.shards_per_pool:03d}.tfrecord")
 
-    The example is a serialized, masked Google-format record; for packed output it is the
-    unmasked pair, packed and masked per shard by `WriteShard`.
+
+class _ShardWriter:
+    """One shard file, written to a hidden temporary name and renamed when complete."""
+
+    def __init__(self, output_dir, name):
+        import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
+        self._tf = tf
+        self.name = name
+        self._final = os.path.join(output_dir, name)
+        self._tmp = os.path.join(output_dir,
+                                 f".tmp-{name}-{os.getpid()}-{random.getrandbits(32):08x}")
+        self._writer = tf.io.TFRecordWriter(self._tmp)
+        self.examples = 0
+        self.labels = [0, 0]
+
+    def write(self, record):
+        self._writer.write(record)
+        self.examples += 1
+
+    def close(self):
+        """Renames the file into place; returns its manifest entry."""
+        self._writer.close()
+        digest = hashlib.sha256()
+        with self._tf.io.gfile.GFile(self._tmp, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        # A retried bundle rewrites the same bytes: replacing is safe.
+        self._tf.io.gfile.rename(self._tmp, self._final, overwrite=True)
+        return {"file": self.name, "examples": self.examples, "pairs": sum(self.labels),
+                "is_next": self.labels[0], "random_next": self.labels[1],
+                "sha256": digest.hexdigest()}
+
+
+def pack_shard(pairs, settings, pool, shard, masker, ids):
+    """Pairs of one shard -> serialized packed rows (training/packing.py), masked per row."""
+    from training import packing, tfrecord  # pylint: disable=import-outside-toplevel
+
+    if not pairs:
+        return []
+    examples = pretraining_data.pack_pairs(pairs, settings.seq_length, *ids)
+    rows, _ = packing.pack_examples(examples, settings.seq_length,
+                                    settings.max_sequences_per_pack,
+                                    seed=f"pack {settings.seed} {pool} {shard}",
+                                    per_sequence=("next_sentence_labels",))
+    masked = masker(rows, random.Random(f"masks {settings.seed} {pool} {shard}"))
+    for key in packing.ROW_FEATURES + packing.SLOT_FEATURES:
+        masked.setdefault(key, rows[key])
+    return tfrecord.serialize_packed_examples(masked)
+
+
+class WritePool(beam.DoFn):
+    """(pool, [(key, document)]) -> the manifest entries of the pool's shard files.
+
+    A pool's pairs go straight to its `shards_per_pool` files (by hash), one pass of pairs
+    in memory at a time, so no stage after this one holds examples. Packed output keeps a
+    pool's pairs to pack them per shard.
     """
 
-    def __init__(self, settings):
+    def __init__(self, output_dir, settings):
+        self._output_dir = output_dir
         self._settings = settings
         self._examples = beam.metrics.Metrics.counter("pretraining", "examples")
 
@@ -280,110 +342,48 @@ class BuildExamples(beam.DoFn):
         if len(documents) < 2:
             raise CorpusError(f"Document pool {pool} of {s.num_pools} has {len(documents)} "
                               "document(s); NSP needs 2: use fewer --num_pools")
+        writers = [_ShardWriter(self._output_dir, shard_name(pool, shard, s))
+                   for shard in range(s.shards_per_pool)]
+        packed_pairs = [[] for _ in writers]
         pair_rng = pool_rng(s.seed, pool, s.num_pools)
         mask_rng = random.Random(f"masks {s.seed} {pool}")
         index = 0
-        for _ in range(s.dupe_factor):  # One pass of pairs in memory at a time.
+        for _ in range(s.dupe_factor):
             pairs = pretraining_data.create_pairs(documents, s.seq_length, pair_rng,
                                                   s.short_seq_prob)
+            shards = [_hash("shard", s.seed, pool, index + i) % s.shards_per_pool
+                      for i in range(len(pairs))]
+            index += len(pairs)
+            for pair, shard in zip(pairs, shards):
+                writers[shard].labels[pair[2]] += 1
             if s.max_sequences_per_pack:
-                for pair in pairs:
-                    order = _hash("order", s.seed, pool, index)
-                    yield order % s.num_shards, (order // s.num_shards, pair, pair[2])
-                    index += 1
+                for pair, shard in zip(pairs, shards):
+                    packed_pairs[shard].append(pair)
                 continue
             for start in range(0, len(pairs), chunk):
                 packed = pretraining_data.pack_pairs(pairs[start : start + chunk],
                                                      s.seq_length, *self._ids)
                 masked = self._masker(packed, mask_rng)
-                labels = masked["next_sentence_labels"].tolist()
-                for record, label in zip(tfrecord.serialize_examples(masked), labels):
-                    order = _hash("order", s.seed, pool, index)
-                    yield order % s.num_shards, (order // s.num_shards, record, label)
-                    index += 1
+                for record, shard in zip(tfrecord.serialize_examples(masked),
+                                         shards[start : start + chunk]):
+                    writers[shard].write(record)
+        for shard, pairs in enumerate(packed_pairs):
+            for record in pack_shard(pairs, s, pool, shard, self._masker, self._ids):
+                writers[shard].write(record)
         self._examples.inc(index)
-
-
-def shard_name(shard, num_shards):
-    return f"examples-{shard:05d}-of-{num_shards:05d}.tfrecord"
-
-
-def write_shard(output_dir, shard, num_shards, records, labels):
-    """Writes serialized records as one shard atomically: a hidden temporary file, then a
-    rename. `labels` are the NSP labels of the pairs in it.
-
-    Returns:
-      The shard's manifest entry.
-    """
-    import tensorflow as tf  # pylint: disable=import-outside-toplevel
-
-    name = shard_name(shard, num_shards)
-    final = os.path.join(output_dir, name)
-    tmp = os.path.join(output_dir, f".tmp-{name}-{os.getpid()}-{random.getrandbits(32):08x}")
-    digest = hashlib.sha256()
-    count = 0
-    with tf.io.TFRecordWriter(tmp) as writer:
-        for count, record in enumerate(records, 1):
-            writer.write(record)
-    with tf.io.gfile.GFile(tmp, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    tf.io.gfile.rename(tmp, final, overwrite=True)  # A retried bundle rewrites the same bytes.
-    random_next = sum(labels)
-    return {"file": name, "examples": count, "pairs": len(labels),
-            "is_next": len(labels) - random_next, "random_next": random_next,
-            "sha256": digest.hexdigest()}
-
-
-def pack_shard(pairs, settings, shard, masker, ids):
-    """Pairs of one shard -> serialized packed rows (training/packing.py), masked per row."""
-    from training import packing, tfrecord  # pylint: disable=import-outside-toplevel
-
-    if not pairs:
-        return []
-    examples = pretraining_data.pack_pairs(pairs, settings.seq_length, *ids)
-    rows, _ = packing.pack_examples(examples, settings.seq_length,
-                                    settings.max_sequences_per_pack,
-                                    seed=f"pack {settings.seed} {shard}",
-                                    per_sequence=("next_sentence_labels",))
-    masked = masker(rows, random.Random(f"masks {settings.seed} shard {shard}"))
-    for key in packing.ROW_FEATURES + packing.SLOT_FEATURES:
-        masked.setdefault(key, rows[key])
-    return tfrecord.serialize_packed_examples(masked)
-
-
-class WriteShard(beam.DoFn):
-    """(shard, examples) -> its manifest entry, after the file is in place."""
-
-    def __init__(self, output_dir, settings):
-        self._output_dir = output_dir
-        self._settings = settings
-
-    def setup(self):
-        self._masker, self._ids = _masker(self._settings)
-
-    def process(self, element):
-        shard, examples = element
-        examples = sorted(examples, key=lambda e: e[0])
-        labels = [label for _, _, label in examples]
-        if self._settings.max_sequences_per_pack:
-            records = pack_shard([pair for _, pair, _ in examples], self._settings, shard,
-                                 self._masker, self._ids)
-        else:
-            records = (record for _, record, _ in examples)
-        yield write_shard(self._output_dir, shard, self._settings.num_shards, records, labels)
+        for writer in writers:
+            yield writer.close()
 
 
 def write_manifest(entries, output_dir, settings, inputs, documents):
-    """Writes the empty shards no example went to, then `manifest.json` (atomic)."""
+    """Writes `manifest.json` (atomic), after every shard is in place."""
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
-    by_name = {e["file"]: e for e in entries}
-    for shard in range(settings.num_shards):
-        if shard_name(shard, settings.num_shards) not in by_name:
-            entry = write_shard(output_dir, shard, settings.num_shards, [], [])
-            by_name[entry["file"]] = entry
-    shards = [by_name[name] for name in sorted(by_name)]
+    shards = sorted(entries, key=lambda e: e["file"])
+    expected = settings.num_pools * settings.shards_per_pool
+    if len(shards) != expected:
+        raise CorpusError(f"{len(shards)} shard files written, expected {expected}: a pool "
+                          "got no document (use fewer --num_pools)")
     manifest = {
         "format": ("graphcore-packed-bert-pretraining" if settings.max_sequences_per_pack
                    else "google-bert-pretraining"),
@@ -428,9 +428,7 @@ def build(pipeline, inputs, output_dir, settings, requested_format="auto"):
         documents
         | "ToPool" >> beam.Map(lambda kd, n: (pool_of(kd[0], n), kd), settings.num_pools)
         | "GroupPools" >> beam.GroupByKey()
-        | "Examples" >> beam.ParDo(BuildExamples(settings))
-        | "GroupShards" >> beam.GroupByKey()
-        | "WriteShards" >> beam.ParDo(WriteShard(output_dir, settings))
+        | "WritePools" >> beam.ParDo(WritePool(output_dir, settings))
         | "Entries" >> beam.combiners.ToList()
         | "Manifest" >> beam.Map(write_manifest, output_dir, settings, inputs,
                                  beam.pvalue.AsSingleton(document_count))
