@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test test-fast pretrain data venv bazel-test clean
+.PHONY: test test-fast pretrain data data-large venv bazel-test clean
 
 venv: $(STAMP)
 
@@ -17,6 +17,10 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 
 data: $(STAMP)
 	$(PY) -m training.data fetch
+
+# The ~91 MB corpus of docs/data.md (not needed by test or pretrain).
+data-large: $(STAMP)
+	$(PY) -m training.data fetch --corpus=large
 
 test: $(STAMP) data
 	$(PY) -m pytest -q tests

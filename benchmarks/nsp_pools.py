@@ -48,7 +48,7 @@ def main():
                         help="comma-separated corpus files")
     parser.add_argument("--pools", default="1,4,16")
     parser.add_argument("--seq_length", type=int, default=128)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", default="0", help="comma-separated seeds")
     args = parser.parse_args()
     tokenizer = tokenization.BertTokenizer(data.default_vocab_path())
     documents, sources = [], []
@@ -57,9 +57,10 @@ def main():
                                                    tokenizer)
         documents.extend(docs)
         sources.extend([path] * len(docs))
-    for pools in map(int, args.pools.split(",")):
-        print(json.dumps(pair_statistics(documents, sources, pools, args.seq_length,
-                                         args.seed)))
+    for seed in map(int, args.seeds.split(",")):
+        for pools in map(int, args.pools.split(",")):
+            stats = pair_statistics(documents, sources, pools, args.seq_length, seed)
+            print(json.dumps({"seed": seed, **stats}))
 
 
 if __name__ == "__main__":
