@@ -99,3 +99,31 @@ def test_init_checkpoint_reads_the_recorded_config(tmp_path):
         finetune.build_encoder(finetune.FinetuneSettings(
             task="classification", train_file="", eval_file="", model_dir=str(tmp_path / "ft"),
             init_checkpoint=str(run), config=tiny_config(vocab_size=len(CLASS_VOCAB))))
+
+
+def _best_folder(folder, identity, value):
+    folder.mkdir()
+    tf.train.Checkpoint(v=tf.Variable(np.ones([256, 256], np.float32))).write(
+        str(folder / "best"))
+    (folder / "best.json").write_text(json.dumps({"epoch": 2, "val_accuracy": value,
+                                                  "run": identity}))
+
+
+def test_best_checkpoint_reads_the_previous_best_and_names_a_broken_one(tmp_path):
+    identity = {"task": "classification", "labels": ["neg", "pos"]}
+    _best_folder(tmp_path / "best", identity, 0.75)
+    (tmp_path / "best" / "best_temp").mkdir()  # A save killed midway.
+    best = finetune.BestCheckpoint(str(tmp_path / "best"), "val_accuracy", identity)
+    assert best.best == 0.75 and best.previous["epoch"] == 2 and best.best_epoch is None
+    assert not (tmp_path / "best" / "best_temp").exists()
+    with pytest.raises(ValueError, match=r"labels \(\['neg', 'pos'\] -> \['a', 'b'\]\)"):
+        finetune.BestCheckpoint(str(tmp_path / "best"), "val_accuracy",
+                                {**identity, "labels": ["a", "b"]})
+    with open(tmp_path / "best" / "best.data-00000-of-00001", "r+b") as f:
+        f.truncate(64)
+    with pytest.raises(ValueError) as error:
+        finetune.BestCheckpoint(str(tmp_path / "best"), "val_accuracy", identity)
+    assert "best cannot be read" in str(error.value) and "--overwrite_best" in str(error.value)
+    replacing = finetune.BestCheckpoint(str(tmp_path / "best"), "val_accuracy", identity,
+                                        overwrite=True)
+    assert replacing.previous is None and replacing.best == -np.inf

@@ -90,7 +90,8 @@ def test_one_run_per_folder_kill_resume_refuse_and_export(wiki_subset, tmp_path)
     # export needs no --config.
     refused = subprocess.Popen(
         [sys.executable, "-m", "training.pretrain", "--model_dir", run, "--config",
-         "groupbert-tiny", "--optimizer", "adamw", "--seq_length", "64"], cwd=REPO, env=ENV,
+         "groupbert-tiny", "--optimizer", "adamw", "--seq_length", "64", "--batch_size", "8"],
+        cwd=REPO, env=ENV,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     export_dir = str(tmp_path / "export")
     exported = _python("-m", "training.export", "--model_dir", run, "--export_dir", export_dir,
@@ -99,7 +100,8 @@ def test_one_run_per_folder_kill_resume_refuse_and_export(wiki_subset, tmp_path)
     assert refused.returncode == 1
     line = _error_line(stderr, "pretrain")
     for piece in ("hidden_size (64 -> 128)", "num_layers (1 -> 2)",
-                  "optimizer ('lamb' -> 'adamw')", "seq_length (32 -> 64)"):
+                  "optimizer ('lamb' -> 'adamw')", "seq_length (32 -> 64)",
+                  "global_batch_size (4 -> 8)"):
         assert piece in line, line
     assert exported.returncode == 0, exported.stderr[-3000:]
     written = exported.stdout.strip().splitlines()[-1]

@@ -187,7 +187,11 @@ class BestCheckpoint(keras.callbacks.Callback):
             logging.warning("--overwrite_best: replacing the best result in %s (%s = %s)",
                             self.directory, self.monitor, record.get(self.monitor))
             return None
-        checkpointing.check_readable(self.prefix)
+        try:
+            checkpointing.check_readable(self.prefix)
+        except checkpointing.UnreadableCheckpointError as error:
+            raise ValueError(f"{error}: pass --overwrite_best to replace that best result "
+                             "(or choose another --model_dir)") from None
         changed = run_folder.changes(record.get("run") or {}, self.identity)
         if changed or self.monitor not in record:
             raise ValueError(
