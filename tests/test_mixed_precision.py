@@ -134,3 +134,18 @@ def test_mixed_model_keras_round_trip(tiny_config, make_inputs, mixed_policy, tm
     outputs = loaded(inputs)
     for name in expected:
         np.testing.assert_array_equal(_np(outputs[name]), _np(expected[name]))
+
+
+def test_gelu_is_computed_in_float32_and_rounded_once():
+    """Under bfloat16 the GFFN's and MLM head's GELU runs in float32 (as Model Garden's BERT):
+    the result is the float32 GELU rounded once to bfloat16, not GELU's tanh form evaluated
+    step by step in bfloat16."""
+    from groupbert_tf.layers.activations import gelu
+
+    x = keras.ops.cast(np.linspace(-4.0, 4.0, 2001, dtype="float32"), "bfloat16")
+    got = _np(gelu(x))
+    assert keras.backend.standardize_dtype(gelu(x).dtype) == "bfloat16"
+    exact = keras.ops.gelu(keras.ops.cast(x, "float32"), approximate=True)
+    np.testing.assert_array_equal(got, _np(keras.ops.cast(exact, "bfloat16")))
+    in_bfloat16 = _np(keras.ops.gelu(x, approximate=True))
+    assert np.any(got != in_bfloat16)

@@ -128,7 +128,8 @@ class XlaGradientsTrainStep:
         return tf.nest.map_structure(lambda value: tf.reshape(value, [1]), logs)
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        if iterator is not None and self._multi_worker_workaround():
+        accumulating = getattr(self, "gradient_accumulation_steps", 1) > 1
+        if iterator is not None and (accumulating or self._multi_worker_workaround()):
             strategy = self.distribute_strategy
             for _, _, distributed_iterator in iterator:
                 data_batch = tf.nest.map_structure(
@@ -137,4 +138,8 @@ class XlaGradientsTrainStep:
                     next(distributed_iterator))
                 break
             iterator = None  # Keras resets the epoch iterator after the build.
+        if (data_batch is not None and accumulating and isinstance(data_batch[0], dict)
+                and len(data_batch[0]["token_ids"].shape) == 3):
+            # Grouped micro-batches [batch, steps, seq] (fit, not evaluate): build from one.
+            data_batch = self._micro_batches(*data_batch[:2])[0]
         return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)

@@ -1,8 +1,8 @@
 """GroupBERT's grouped feed-forward module (GFFN); with one group it is BERT's FFN."""
 
 import keras
-from keras import ops
 
+from groupbert_tf.layers.activations import gelu
 from groupbert_tf.layers.grouped_dense import GroupedDense
 from groupbert_tf.layers.initializers import truncated_normal
 
@@ -47,7 +47,7 @@ class GroupedFeedForward(keras.layers.Layer):
         self.output_projection.build(intermediate_shape)
 
     def call(self, inputs):
-        hidden = ops.gelu(self.intermediate(inputs), approximate=self.gelu_approximate)
+        hidden = gelu(self.intermediate(inputs), approximate=self.gelu_approximate)
         hidden = self.output_projection(hidden)
         return self.mixer(hidden) if self.mixer is not None else hidden
 

@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from groupbert_tf.layers.activations import gelu
 from groupbert_tf.layers.initializers import truncated_normal
 
 
@@ -42,7 +43,7 @@ class MaskedLMHead(keras.layers.Layer):
     def call(self, sequence_output, masked_positions):
         gathered = ops.take_along_axis(
             sequence_output, ops.cast(masked_positions, "int32")[:, :, None], axis=1)
-        hidden = ops.gelu(self.transform(gathered), approximate=self.gelu_approximate)
+        hidden = gelu(self.transform(gathered), approximate=self.gelu_approximate)
         hidden = ops.cast(self.layer_norm(hidden), self.compute_dtype)
         table = ops.cast(self.token_embedding.embeddings, self.compute_dtype)
         logits = ops.matmul(hidden, ops.transpose(table))
