@@ -1,4 +1,4 @@
-"""Block-diagonal dense layer computed as an einsum over groups."""
+"""Block-diagonal dense layer: one matmul per group."""
 
 import keras
 from keras import ops
@@ -9,8 +9,8 @@ class GroupedDense(keras.layers.Layer):
     """Dense layer with `groups` independent blocks.
 
     Group g maps input features [g*I/G, (g+1)*I/G) to output features [g*O/G, (g+1)*O/G),
-    i.e. the kernel is block-diagonal. It is stored as [G, I/G, O/G] and applied as one
-    einsum, so it costs I*O/G multiply-adds instead of I*O and never materialises zeros.
+    i.e. the kernel is block-diagonal. It is stored as [G, I/G, O/G] and applied group by
+    group, so it costs I*O/G multiply-adds instead of I*O and never materialises zeros.
     """
 
     def __init__(self, units, groups, use_bias=True, kernel_initializer="glorot_uniform",
@@ -38,11 +38,16 @@ class GroupedDense(keras.layers.Layer):
                      if self.use_bias else None)
 
     def call(self, inputs):
-        # Flatten the leading axes: an einsum with '...' broadcasts the kernel over them on
-        # TensorFlow, which made a GroupBERT-tiny FFN step 15x slower under XLA.
+        # One matmul per group on a slice of the features, outputs concatenated. Of the forms
+        # measured (docs/throughput.md) this was fastest on oneDNN, in bfloat16 too: an einsum
+        # 'ngi,gio->ngo' (or a batched matmul) puts the group axis first and pays for
+        # transposes of the wide input. Leading axes are flattened: an einsum or matmul
+        # broadcast over them copied the kernel on TensorFlow.
         leading = ops.shape(inputs)[:-1]
-        grouped = ops.reshape(inputs, (-1, self.groups, inputs.shape[-1] // self.groups))
-        outputs = ops.einsum("ngi,gio->ngo", grouped, self.kernel)
+        flat = ops.reshape(inputs, (-1, inputs.shape[-1]))
+        parts = ops.split(flat, self.groups, axis=-1)
+        outputs = ops.concatenate(
+            [ops.matmul(part, self.kernel[g]) for g, part in enumerate(parts)], axis=-1)
         outputs = ops.reshape(outputs, (*leading, self.units))
         if self.bias is not None:
             outputs = outputs + self.bias
