@@ -24,8 +24,8 @@ segment (`segment_ids` says which: 0 = text_a, 1 = text_b), -1 on [CLS], [SEP] a
 
 Every signature checks its inputs in the graph (InvalidArgumentError naming the input): string
 batches rank 1, ids rank 2, token ids in the vocab, segment ids in [0, type_vocab_size),
-padding mask 0 or 1. (`ensure_shape`, not a rank assert: Grappler folds a rank computed from
-the declared [None] shape, and fed tensors are not checked against it.)
+padding mask 0 or 1. (`ensure_shape`, not a rank assert: a rank computed from the declared
+[None] shape is folded to a constant, and fed tensors are not checked against that shape.)
 
 Tokenization runs in the graph (tensorflow-text ops: load with `import tensorflow_text`). The
 serving functions are plain `tf.function`s (never `jit_compile`): TF Serving does not run
@@ -35,8 +35,9 @@ functions marked for forced XLA compilation by default.
 bfloat16 (oneDNN's bf16 kernels: AVX512_BF16 or AMX), weights stored in bfloat16, LayerNorms
 (their own float32 policy) and the attention softmax in float32, outputs float32. It computes
 exactly what `mixed_bfloat16` computes (that policy rounds every weight to bfloat16 at each
-call), without re-casting every weight on every request (tested). Each version also carries TF Serving warmup requests
-(`groupbert_tf.serving_warmup`) for `serving_default` at `WARMUP_BATCH_SIZES`.
+call), without re-casting every weight on every request (tested). Each version also carries
+TF Serving warmup requests (`groupbert_tf.serving_warmup`) for `serving_default` at
+`WARMUP_BATCH_SIZES`.
 """
 
 import os
@@ -117,13 +118,13 @@ class ServingModule(tf.__internal__.tracking.AutoTrackable):
     Args:
       model: the trackable object that owns the variables (a Keras model).
       vocab_path: WordPiece vocab file; copied into the SavedModel's assets.
-      type_vocab_size: segment ids must be below it (the model's segment embeddings).
       task: a key of TASK_OUTPUTS.
       seq_length: packed length of the text signatures (and of `serve_examples`).
       max_length: the longest sequence `serve_token_ids` accepts (position embeddings).
       outputs_fn: `outputs_fn(inputs) -> dict of tensors`; default `model(inputs,
         training=False)`.
       lower_case: the tokenizer's lower-casing.
+      type_vocab_size: segment ids must be below it (the model's segment embeddings).
     """
 
     def __init__(self, model, vocab_path, task, seq_length=128, max_length=None,

@@ -75,7 +75,8 @@ SERVER = textwrap.dedent(r'''
 
     def predict(loaded, request):
         """A PredictRequest through the SavedModel, as TF Serving's Predict handler does."""
-        inputs = {name: tf.constant(tf.make_ndarray(proto)) for name, proto in request.inputs.items()}
+        inputs = {name: tf.constant(tf.make_ndarray(proto))
+                  for name, proto in request.inputs.items()}
         response = predict_pb2.PredictResponse()
         response.model_spec.CopyFrom(request.model_spec)
         for name, value in run(loaded, request.model_spec.signature_name, inputs).items():
@@ -125,7 +126,8 @@ SERVER = textwrap.dedent(r'''
     def example(segment, mask):
         feature = lambda values: tf.train.Feature(int64_list=tf.train.Int64List(value=values))
         return tf.train.Example(features=tf.train.Features(feature={
-            "input_ids": feature([101] * spec["seq"]), "segment_ids": feature([segment] * spec["seq"]),
+            "input_ids": feature([101] * spec["seq"]),
+            "segment_ids": feature([segment] * spec["seq"]),
             "input_mask": feature([mask] * spec["seq"])})).SerializeToString()
     cases = {
         "text_rank_2": ("serving_default", {"text_a": tf.constant([["a", "b"], ["c", "d"]])}),
