@@ -176,3 +176,25 @@ def test_sigkill_during_a_save_leaves_no_temp_folder_after_restart(tmp_path):
     assert not [n for n in os.listdir(directory) if "_temp" in n]
     checkpointing.check_readable(newest)
     assert _restored_value(newest) == int(newest.rsplit("-", 1)[1])
+
+
+def test_init_checkpoint_and_export_look_ups_skip_a_broken_newest_without_moving_it(tmp_path):
+    run = tmp_path / "run"
+    _variable_checkpoints(run / "checkpoints", steps=(2, 4))
+    with open(_data_file(str(run / "checkpoints" / "ckpt-4")), "r+b") as f:
+        f.truncate(50)
+    assert trainer.find_checkpoint(str(run)) == str(run / "checkpoints" / "ckpt-2")
+    assert (run / "checkpoints" / "ckpt-4.index").exists()  # Read-only: nothing moved.
+    with pytest.raises(checkpointing.UnreadableCheckpointError, match="ckpt-4 cannot be read"):
+        trainer.find_checkpoint(str(run / "checkpoints" / "ckpt-4"))
+
+
+def test_a_folder_of_only_unreadable_checkpoints_never_restarts_from_random(tmp_path):
+    settings = _settings(tmp_path)
+    _variable_checkpoints(tmp_path / "checkpoints", steps=(6,))
+    os.remove(tmp_path / "checkpoints" / "ckpt-6.index")
+    model = trainer.build_model(small_config(), settings)
+    with pytest.raises(checkpointing.UnreadableCheckpointError) as error:
+        trainer.restore_or_initialize(model, settings.model_dir)
+    assert "ckpt-6.index is missing" in str(error.value)
+    assert "Move the folder away" in str(error.value)
