@@ -133,8 +133,10 @@ RESUME_QUIET = ("model_dir", "train_steps", "checkpoint_every", "log_every", "ve
 
 
 def pretrain(config, settings: TrainingSettings, strategy, train_dataset_fn,
-             validation_dataset=None, flag_values=None):
+             validation_dataset=None, flag_values=None, callbacks=()):
     """Runs (or resumes) pre-training and returns (model, throughput, validation metrics).
+
+    `callbacks` are Keras callbacks added to the run's own (checkpoints, throughput, logs).
 
     `train_dataset_fn(start_step)` returns the training dataset of global batches (Keras
     distributes it over the replicas); it is told the optimizer step so a resumed run does
@@ -146,17 +148,20 @@ def pretrain(config, settings: TrainingSettings, strategy, train_dataset_fn,
     RESUME_REFUSED settings differ from the records is refused, naming each field.
     """
     if not _is_chief(strategy):
-        return _train(config, settings, strategy, train_dataset_fn, validation_dataset)
+        return _train(config, settings, strategy, train_dataset_fn, validation_dataset,
+                      callbacks)
     with run_folder.RunLock(settings.model_dir):
         recorded = dataclasses.asdict(settings)
         if checkpointing.candidates(os.path.join(settings.model_dir, "checkpoints")):
             run_folder.check_resume(settings.model_dir, config, recorded, RESUME_REFUSED,
                                     RESUME_QUIET)
         run_folder.write_records(settings.model_dir, config, recorded, flag_values)
-        return _train(config, settings, strategy, train_dataset_fn, validation_dataset)
+        return _train(config, settings, strategy, train_dataset_fn, validation_dataset,
+                      callbacks)
 
 
-def _train(config, settings, strategy, train_dataset_fn, validation_dataset):
+def _train(config, settings, strategy, train_dataset_fn, validation_dataset,
+           extra_callbacks):
     chosen = performance.configure(settings.precision, settings.compile_mode)
     settings = dataclasses.replace(settings, precision=chosen.precision,
                                    compile_mode=chosen.compile_mode)
@@ -173,6 +178,7 @@ def _train(config, settings, strategy, train_dataset_fn, validation_dataset):
         flops.training_flops(config, settings.seq_length, settings.max_predictions_per_seq),
         every_steps=max(settings.log_every // settings.steps_per_execution, 1))
     callbacks = [
+        *extra_callbacks,
         training_callbacks.StepCheckpoint(manager, settings.checkpoint_every),
         throughput,
     ]
