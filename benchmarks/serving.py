@@ -13,8 +13,8 @@ tensorflow and tensorflow_text (no XLA, no code of ours: what TF Serving runs) a
 through `serving_default` with raw text (Wikipedia extracts, packed to seq 128 in the graph).
 float32 and bf16 calls alternate (the order flips every round). Batch 1: latency p50 / p99
 over `--latency_calls` calls of each; batch 8 and 32: throughput = batch / median time.
-A second short process with ONEDNN_VERBOSE=1 records which oneDNN kernels (ISA) the bf16
-model's primitives ran.
+A 2048^3 matmul in float32 and bfloat16 gives the machine's reference speeds, and a short
+process with ONEDNN_VERBOSE=1 records which oneDNN kernels (ISA) the bf16 model ran.
 
 `accuracy` exports a fine-tuned classifier (a `training.finetune` run folder) in float32 and
 bf16 and runs the dev set through both in a fresh process: max / mean abs logit difference,
@@ -78,6 +78,23 @@ ISA = textwrap.dedent(r'''
     fn = tf.saved_model.load(sys.argv[1]).signatures["serving_default"]
     for _ in range(2):
         fn(text_a=tf.constant(["a short text"] * 8))["logits"].numpy()
+''')
+
+MATMUL = textwrap.dedent(r'''
+    import json, time
+    import tensorflow as tf
+    times = {"float32": [], "bfloat16": []}
+    fns = {}
+    for d in times:
+        a = tf.cast(tf.random.normal([2048, 2048]), d)
+        fns[d] = (tf.function(lambda a: tf.matmul(a, a)), a)
+        fns[d][0](a).numpy()
+    for r in range(6):
+        for d in (list(times) if r % 2 == 0 else list(times)[::-1]):
+            start = time.perf_counter()
+            fns[d][0](fns[d][1]).numpy()
+            times[d].append(time.perf_counter() - start)
+    print(json.dumps(times))
 ''')
 
 LOGITS = textwrap.dedent(r'''
@@ -185,6 +202,11 @@ def speed(args):
                 print(f"- {size}, {dtype}: GroupBERT/BERT batch-1 p50 latency "
                       f"{latency[(g, dtype)] / latency[(b, dtype)]:.2f}; forward FLOP ratio "
                       f"{fwd:.2f}")
+    matmul = json.loads(_fresh(MATMUL).strip().splitlines()[-1])
+    gflops = {d: 2 * 2048 ** 3 / statistics.median(t) / 1e9 for d, t in matmul.items()}
+    print(f"2048^3 matmul (plain TF, oneDNN, 6 interleaved calls each, median): float32 "
+          f"{gflops['float32']:.0f} GFLOP/s, bfloat16 {gflops['bfloat16']:.0f} GFLOP/s "
+          f"({gflops['bfloat16'] / gflops['float32']:.2f}x)")
     if args.models:
         kernels = onednn_kernels(exports[args.models[0]]["bfloat16"])
         print(f"\noneDNN kernels run by the bf16 `{args.models[0]}` export (batch 8, 2 calls): "
