@@ -20,7 +20,7 @@ from training import tfrecord, trainer
 
 
 def _input_examples_per_s(pattern, batch_size, batches, seed):
-    dataset = tfrecord.training_dataset(pattern, 128, 20, batch_size, seed=seed)
+    dataset = tfrecord.training_dataset(pattern, 128, 20, batch_size, seed=seed, check=False)
     iterator = iter(dataset)
     for _ in range(20):  # Fill the shuffle buffer, start the readers.
         next(iterator)
@@ -31,7 +31,7 @@ def _input_examples_per_s(pattern, batch_size, batches, seed):
 
 
 def _step_seconds(model, pattern, batch_size, steps):
-    dataset = tfrecord.training_dataset(pattern, 128, 20, batch_size)
+    dataset = tfrecord.training_dataset(pattern, 128, 20, batch_size, check=False)
     model.fit(dataset.take(3), epochs=1, steps_per_epoch=3, verbose=0)  # Compile, warm up.
     start = time.perf_counter()
     model.fit(dataset.take(steps), epochs=1, steps_per_epoch=steps, verbose=0)

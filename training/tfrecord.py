@@ -147,14 +147,14 @@ def shard_policy(num_files, num_workers):
 
 def training_dataset(paths, seq_length, max_predictions_per_seq, global_batch_size, *,
                      num_workers=1, start_batch=0, shuffle=True, seed=0, shuffle_buffer=10_000,
-                     max_sequences_per_pack=None):
+                     max_sequences_per_pack=None, check=True):
     """The endless training stream from TFRecord shards, for `tf.distribute`.
 
     With FILE sharding each of the `num_workers` reads its own files and
     consumes `global_batch_size / num_workers` records per step; with DATA
     sharding every worker reads every record. A run resumed at `start_batch`
     skips exactly the records the stopped run consumed, so it continues the
-    same stream instead of starting a new shuffle.
+    same stream instead of starting a new shuffle. `check`: see `read_dataset`.
     """
     files = expand_patterns(paths)
     policy = shard_policy(len(files), num_workers)
@@ -165,7 +165,7 @@ def training_dataset(paths, seq_length, max_predictions_per_seq, global_batch_si
                            shuffle=shuffle, repeat=True, seed=seed,
                            shuffle_buffer=shuffle_buffer,
                            max_sequences_per_pack=max_sequences_per_pack,
-                           skip=start_batch * per_stream)
+                           skip=start_batch * per_stream, check=check)
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = policy
     return dataset.with_options(options)
