@@ -3,6 +3,7 @@ globs, non-UTF-8 text, TSV rows with a tab inside a field; hypothesis fuzz of co
 and TSV rows. Every failure must be a one-line ValueError/OSError naming the file (and
 line), never another exception."""
 
+import json
 import os
 import random
 import time
@@ -11,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from training import glue_data
+from training import glue_data, squad_data
 from training import pretraining_data as pd
 
 
@@ -161,3 +162,36 @@ def test_fuzz_tsv_rows_are_read_exactly_or_named(tmp_path, rows):
     examples = glue_data.read_examples(str(path))
     assert [(e.text_a, e.label, e.line) for e in examples] == [
         (text, label, i + 2) for i, (text, label, _) in enumerate(rows)]
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-5, 50) | st.text(max_size=12),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(
+        st.sampled_from(["data", "paragraphs", "context", "qas", "id", "question", "answers",
+                         "text", "answer_start", "title"]), children, max_size=5),
+    max_leaves=25)
+
+
+_LEAF = st.none() | st.integers(-3, 40) | st.text(max_size=20)
+_ANSWER = st.fixed_dictionaries({"text": _LEAF | st.text(max_size=5),
+                                 "answer_start": _LEAF | st.integers(0, 20)})
+_QA = st.fixed_dictionaries({"id": _LEAF, "question": _LEAF | st.text(max_size=10)},
+                            optional={"answers": st.lists(_ANSWER, max_size=2) | _LEAF})
+_SQUAD = st.fixed_dictionaries({"data": st.lists(st.fixed_dictionaries({"paragraphs": st.lists(
+    st.fixed_dictionaries({"context": _LEAF | st.text(max_size=30),
+                           "qas": st.lists(_QA, max_size=3)}), max_size=2)}), max_size=2)})
+
+
+@FUZZ
+@given(document=_JSON | _SQUAD)
+def test_fuzz_squad_json_fails_only_with_a_named_error(tmp_path, document):
+    path = tmp_path / "fuzz.json"
+    path.write_text(json.dumps(document), encoding="utf-8")
+    try:
+        examples = squad_data.read_squad(str(path))
+    except ValueError as error:
+        assert str(error).startswith(f"{path}: ") and "\n" not in str(error), str(error)
+        return
+    for example in examples:
+        for text, start in example.answers:
+            assert example.context[start:start + len(text)] == text

@@ -55,28 +55,50 @@ class SquadFeature:
 
 
 def read_squad(path) -> List[SquadExample]:
-    """Reads a SQuAD v1.1 JSON file ({"data": [{"paragraphs": [{"context", "qas"}]}]})."""
-    with open(path, encoding="utf-8") as f:
-        try:
+    """Reads a SQuAD v1.1 JSON file ({"data": [{"paragraphs": [{"context", "qas"}]}]}).
+
+    Raises:
+      ValueError: the file is not UTF-8 JSON in that layout; the message names the file and
+        the JSON path of the offending entry.
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
             data = json.load(f)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path}: not valid JSON: {error}") from error
-    if not isinstance(data, dict) or "data" not in data:
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path}: not UTF-8 text (byte {error.start}: {error.reason})") from None
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not valid JSON: {error}") from error
+    if not isinstance(data, dict) or not isinstance(data.get("data"), list):
         raise ValueError(f"{path}: expected a SQuAD JSON object with a 'data' list")
     examples = []
-    for article in data["data"]:
-        for paragraph in article["paragraphs"]:
-            context = paragraph["context"]
-            for qa in paragraph["qas"]:
-                answers = []
-                for answer in qa.get("answers", []):
-                    text, start = answer["text"], int(answer["answer_start"])
-                    if context[start:start + len(text)] != text:
-                        raise ValueError(
-                            f"{path}: question {qa['id']}: answer {text!r} is not at character "
-                            f"{start} of its context (found {context[start:start + len(text)]!r})")
-                    answers.append((text, start))
-                examples.append(SquadExample(str(qa["id"]), qa["question"], context, answers))
+    where = "data"
+    try:
+        for i, article in enumerate(data["data"]):
+            for j, paragraph in enumerate(article["paragraphs"]):
+                where = f"data[{i}].paragraphs[{j}]"
+                context = paragraph["context"]
+                for k, qa in enumerate(paragraph["qas"]):
+                    where = f"data[{i}].paragraphs[{j}].qas[{k}]"
+                    answers = []
+                    for answer in qa.get("answers", []):
+                        text, start = answer["text"], answer["answer_start"]
+                        if not (isinstance(text, str) and isinstance(start, int)
+                                and isinstance(context, str)):
+                            raise TypeError("context and answer text must be strings, "
+                                            "answer_start an integer")
+                        if context[start:start + len(text)] != text:
+                            raise ValueError(
+                                f"{path}: question {qa['id']}: answer {text!r} is not at "
+                                f"character {start} of its context (found "
+                                f"{context[start:start + len(text)]!r})")
+                        answers.append((text, start))
+                    if not isinstance(qa["question"], str):
+                        raise TypeError("the question must be a string")
+                    examples.append(SquadExample(str(qa["id"]), qa["question"], context,
+                                                 answers))
+    except (KeyError, TypeError, AttributeError) as error:
+        problem = f"no key {error}" if isinstance(error, KeyError) else str(error)
+        raise ValueError(f"{path}: {where} is not in the SQuAD v1.1 layout ({problem})") from None
     if not examples:
         raise ValueError(f"{path}: no questions")
     return examples
