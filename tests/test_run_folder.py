@@ -89,8 +89,9 @@ def test_a_reused_pid_is_not_mistaken_for_the_owner(tmp_path):
         run_folder.RunLock(str(tmp_path)).acquire()
 
 
-def test_a_lock_file_cut_short_by_a_crash_is_taken_over(tmp_path):
-    (tmp_path / run_folder.LOCK).write_text('{"pid": 12')
+@pytest.mark.parametrize("content", ['{"pid": 12', "[1, 2]"])
+def test_a_damaged_lock_file_is_taken_over(tmp_path, content):
+    (tmp_path / run_folder.LOCK).write_text(content)
     with run_folder.RunLock(str(tmp_path)):
         assert json.loads((tmp_path / run_folder.LOCK).read_text())["pid"] == os.getpid()
 

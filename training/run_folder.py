@@ -113,6 +113,8 @@ class RunLock:
             fcntl.flock(folder, fcntl.LOCK_EX)
             try:
                 holder = _read_json(self.path)
+                if holder is not None and not isinstance(holder, dict):
+                    raise RunFolderError(f"{self.path}: not a JSON object")
             except RunFolderError as error:  # Damaged on disk (it is written atomically).
                 logging.warning("Taking over %s, which cannot be read: %s", self.path, error)
                 holder = None
