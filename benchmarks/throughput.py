@@ -55,6 +55,11 @@ def parse_args(argv=None):
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--matmul_size", type=int, default=2048)
+    parser.add_argument("--precision", choices=["float32", "mixed_bfloat16"], default="float32",
+                        help="Keras dtype policy of the models (the matmul peak follows it)")
+    parser.add_argument("--peak_tflops", type=float, default=None,
+                        help="the chip's dense peak in this precision (e.g. 989 for an H100/"
+                             "H200 in bf16): adds MFU = achieved / peak")
     return parser.parse_args(argv)
 
 
@@ -133,15 +138,17 @@ def make_keras_hub_pretrainer(config):
     return KerasHubBertPretrainer()
 
 
-def build_model(kind, config, inputs):
+def build_model(kind, config, inputs, precision="float32"):
     import keras
+    from training.performance import dtype_policy
     keras.utils.set_random_seed(0)
-    if kind == "keras_hub":
-        model = make_keras_hub_pretrainer(config)
-    else:
-        from groupbert_tf.models.pretrainer import GroupBertPretrainer
-        model = GroupBertPretrainer(config)
-    model(inputs)  # build
+    with dtype_policy(precision):
+        if kind == "keras_hub":
+            model = make_keras_hub_pretrainer(config)
+        else:
+            from groupbert_tf.models.pretrainer import GroupBertPretrainer
+            model = GroupBertPretrainer(config)
+        model(inputs)  # build
     return model
 
 
@@ -186,8 +193,8 @@ class TensorFlowSteps:
     def forward_step(self, model, inputs):
         return self.tf.function(lambda: model(inputs, training=False), jit_compile=True)
 
-    def matmul(self, size):
-        return self.common.make_matmul(size)
+    def matmul(self, size, dtype="float32"):
+        return self.common.make_matmul(size, dtype=getattr(self.tf, dtype))
 
     def timings(self, candidates, repeats, warmup):
         return self.common.interleaved_timings(candidates, repeats=repeats, warmup=warmup)
@@ -246,11 +253,11 @@ class JaxSteps:
         call = jax.jit(lambda t, n: model.stateless_call(t, n, inputs, training=False)[0])
         return lambda: call(trainable, non_trainable)
 
-    def matmul(self, size):
+    def matmul(self, size, dtype="float32"):
         jax = self.jax
         key_a, key_b = jax.random.split(jax.random.PRNGKey(0))
-        a = jax.random.normal(key_a, (size, size), "float32")
-        b = jax.random.normal(key_b, (size, size), "float32")
+        a = jax.random.normal(key_a, (size, size), dtype)
+        b = jax.random.normal(key_b, (size, size), dtype)
         matmul = jax.jit(jax.numpy.matmul)
         return (lambda: matmul(a, b)), 2 * size ** 3
 
@@ -324,7 +331,7 @@ def run_size(steps, size, args):
 
     candidates, step_flops, params, compile_s = {}, {}, {}, {}
     for key, kind, config in specs:
-        model = build_model(kind, config, inputs)
+        model = build_model(kind, config, inputs, args.precision)
         params[key] = model.count_params()
         if args.mode == "train":
             optimizer = (keras.optimizers.AdamW(1e-4) if args.optimizer == "adamw" else None)
@@ -340,7 +347,8 @@ def run_size(steps, size, args):
             steps.common.block(fn())
         compile_s[key] = time.perf_counter() - start
         candidates[key] = fn
-    matmul, matmul_flops = steps.matmul(args.matmul_size)
+    matmul_dtype = "bfloat16" if args.precision == "mixed_bfloat16" else "float32"
+    matmul, matmul_flops = steps.matmul(args.matmul_size, matmul_dtype)
     candidates["matmul"], step_flops["matmul"] = matmul, matmul_flops
 
     times = steps.timings(candidates, args.repeats, args.warmup)
@@ -353,18 +361,22 @@ def run_size(steps, size, args):
         q = statistics.quantiles(t, n=4) if len(t) >= 2 else [t[0]] * 3
         gflops = step_flops[key] / med[key] / 1e9
         rows.append([
-            label(key[0], size, key[1]) if key != "matmul" else f"matmul {args.matmul_size}^3 fp32",
+            label(key[0], size, key[1]) if key != "matmul"
+            else f"matmul {args.matmul_size}^3 {matmul_dtype}",
             f"{params[key] / 1e6:.2f} M" if key in params else "-",
             f"{step_flops[key] / 1e9:.1f}",
             f"{med[key] * 1e3:.1f}", f"{q[0] * 1e3:.0f}-{q[2] * 1e3:.0f}",
             f"{b / med[key]:.1f}" if key != "matmul" else "-",
             f"{gflops:.1f}", f"{100 * gflops * 1e9 / peak:.0f}%",
+            *([f"{gflops / 1e3 / args.peak_tflops:.1%}"] if args.peak_tflops else []),
             f"{compile_s[key]:.0f}" if key in compile_s else "-"])
     what = ("train step (loss + grads" + (" + AdamW" if args.optimizer == "adamw" else "")
             + ")" if args.mode == "train" else "forward (inference)")
-    print(f"\n### {size}: {what}, B={b} S={s} M={m}, backend {steps.name} on {steps.device()}")
+    print(f"\n### {size}: {what}, B={b} S={s} M={m}, {args.precision}, backend {steps.name} "
+          f"on {steps.device()}")
+    mfu = [f"MFU of {args.peak_tflops:g} TFLOP/s"] if args.peak_tflops else []
     print(table(["model", "params", "GFLOP/step", "median ms", "IQR ms", "seq/s", "GFLOP/s",
-                 "of matmul", "1st call s"], rows))
+                 "of matmul", *mfu, "1st call s"], rows))
 
     ratios = []
     for rate in args.dropouts:
