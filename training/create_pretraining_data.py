@@ -22,6 +22,7 @@ import threading
 import time
 
 import apache_beam as beam
+import tensorflow as tf
 from absl import app, flags, logging
 from apache_beam.options.pipeline_options import PipelineOptions
 
@@ -80,8 +81,6 @@ def settings_from_flags(total_bytes):
 
 def prepare_output_dir(path):
     """Creates the output folder; refuses one that holds anything."""
-    import tensorflow as tf  # pylint: disable=import-outside-toplevel
-
     if tf.io.gfile.exists(path):
         if not tf.io.gfile.isdir(path):
             raise ValueError(f"--output_dir {path} is a file, not a folder")
@@ -104,8 +103,6 @@ def beam_options(beam_args):
 
 def _report_progress(output_dir, num_shards, done, every_s=10.0):
     """Logs how many shards are in place until `done` is set (any runner)."""
-    import tensorflow as tf  # pylint: disable=import-outside-toplevel
-
     start = time.monotonic()
     while not done.wait(every_s):
         written = len(tf.io.gfile.glob(os.path.join(output_dir, "examples-*.tfrecord")))
@@ -162,8 +159,6 @@ def run(input_patterns, output_dir, beam_args=()):
                                        FLAGS.input_format)
     finally:
         done.set()
-    import tensorflow as tf  # pylint: disable=import-outside-toplevel
-
     with tf.io.gfile.GFile(os.path.join(output_dir, pretraining_pipeline.MANIFEST)) as f:
         manifest = json.load(f)
     seconds = time.monotonic() - start

@@ -3,9 +3,9 @@
 The in-memory pipeline (`training.pretraining_data`) holds the whole corpus and
 every pair in one process. This one streams: files are read a block at a time,
 tokenized in batches on any number of workers, and pairs are built per
-*document pool*, so a worker's memory is one pool and one shard, never the
-corpus. It runs on Beam's DirectRunner here and unchanged on Dataflow, Flink
-or Spark.
+*document pool*, so a worker's memory is one pool and one pass of its pairs,
+never the corpus. It runs on Beam's local runner here and unchanged on
+Dataflow, Flink or Spark.
 
 Stages:
   1. Read: each input file streams its documents, keyed (file index, document
@@ -49,9 +49,11 @@ import os
 import random
 
 import apache_beam as beam
+import tensorflow as tf
 from apache_beam.io.filesystems import FileSystems
 
-from training import pretraining_data
+from groupbert_tf import tokenization
+from training import packing, pretraining_data, static_masking, tfrecord
 
 MANIFEST = "manifest.json"
 FORMATS = ("text", "jsonl")
@@ -225,8 +227,6 @@ class Tokenize(beam.DoFn):
         self._tokenizer = None
 
     def setup(self):
-        from groupbert_tf import tokenization  # pylint: disable=import-outside-toplevel
-
         self._tokenizer = tokenization.BertTokenizer(self._vocab)
 
     def process(self, batch):
@@ -252,9 +252,7 @@ def pool_rng(seed, pool, num_pools):
 
 
 def _masker(settings):
-    from groupbert_tf import tokenization  # pylint: disable=import-outside-toplevel
-    from training import static_masking  # pylint: disable=import-outside-toplevel
-
+    """The static masker of the settings and the ids `pack_pairs` needs."""
     tokenizer = tokenization.BertTokenizer(settings.vocab)
     masker = static_masking.StaticMasker(
         tokenizer.vocab_size, tokenizer.mask_id, tokenizer.special_ids,
@@ -271,9 +269,6 @@ class _ShardWriter:
     """One shard file, written to a hidden temporary name and renamed when complete."""
 
     def __init__(self, output_dir, name):
-        import tensorflow as tf  # pylint: disable=import-outside-toplevel
-
-        self._tf = tf
         self.name = name
         self._final = os.path.join(output_dir, name)
         self._tmp = os.path.join(output_dir,
@@ -290,11 +285,11 @@ class _ShardWriter:
         """Renames the file into place; returns its manifest entry."""
         self._writer.close()
         digest = hashlib.sha256()
-        with self._tf.io.gfile.GFile(self._tmp, "rb") as f:
+        with tf.io.gfile.GFile(self._tmp, "rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):
                 digest.update(block)
         # A retried bundle rewrites the same bytes: replacing is safe.
-        self._tf.io.gfile.rename(self._tmp, self._final, overwrite=True)
+        tf.io.gfile.rename(self._tmp, self._final, overwrite=True)
         return {"file": self.name, "examples": self.examples, "pairs": sum(self.labels),
                 "is_next": self.labels[0], "random_next": self.labels[1],
                 "sha256": digest.hexdigest()}
@@ -302,8 +297,6 @@ class _ShardWriter:
 
 def pack_shard(pairs, settings, pool, shard, masker, ids):
     """Pairs of one shard -> serialized packed rows (training/packing.py), masked per row."""
-    from training import packing, tfrecord  # pylint: disable=import-outside-toplevel
-
     if not pairs:
         return []
     examples = pretraining_data.pack_pairs(pairs, settings.seq_length, *ids)
@@ -334,8 +327,6 @@ class WritePool(beam.DoFn):
         self._masker, self._ids = _masker(self._settings)
 
     def process(self, element, chunk=512):
-        from training import tfrecord  # pylint: disable=import-outside-toplevel
-
         s = self._settings
         pool, keyed = element
         documents = [doc for _, doc in sorted(keyed, key=lambda kd: kd[0])]
@@ -377,8 +368,6 @@ class WritePool(beam.DoFn):
 
 def write_manifest(entries, output_dir, settings, inputs, documents):
     """Writes `manifest.json` (atomic), after every shard is in place."""
-    import tensorflow as tf  # pylint: disable=import-outside-toplevel
-
     shards = sorted(entries, key=lambda e: e["file"])
     expected = settings.num_pools * settings.shards_per_pool
     if len(shards) != expected:
