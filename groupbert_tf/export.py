@@ -167,15 +167,16 @@ class ServingModule(tf.__internal__.tracking.AutoTrackable):
         # The serving functions live in a plain (untracked) holder: `tf.saved_model.save`
         # then serializes only the signatures' concrete functions instead of re-tracing
         # every attached `tf.function` in its save context (that doubled the export time).
+        # No autograph: nothing here branches on a tensor, and one long test session once
+        # failed inside autograph's conversion of `tokenize_with_offsets` (not reproduced).
+        plain = dict(jit_compile=False, autograph=False)
         self._functions = _Functions(
-            serve_text=tf.function(self._serve_text, input_signature=[text],
-                                   jit_compile=False),
+            serve_text=tf.function(self._serve_text, input_signature=[text], **plain),
             serve_text_pair=tf.function(self._serve_text_pair, input_signature=[text, text],
-                                        jit_compile=False),
-            serve_token_ids=tf.function(self._serve_token_ids,
-                                        input_signature=[ids, ids, ids], jit_compile=False),
-            serve_examples=tf.function(self._serve_examples, input_signature=[text],
-                                       jit_compile=False))
+                                        **plain),
+            serve_token_ids=tf.function(self._serve_token_ids, input_signature=[ids, ids, ids],
+                                        **plain),
+            serve_examples=tf.function(self._serve_examples, input_signature=[text], **plain))
 
     def function(self, name):
         """The serving `tf.function` `name` ("serve_text", ...), for in-process use.
