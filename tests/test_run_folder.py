@@ -206,11 +206,13 @@ def test_restore_flags_fills_only_what_the_command_line_left_out(tmp_path):
     ("verbose", 3, "0, 1 or 2"),
     ("max_predictions_per_seq", 126, "--max_predictions_per_seq=126: must be at most "
                                      "--seq_length - 3 = 125"),
+    ("warmup_steps", 11, "--warmup_steps=11: must be at most --train_steps=10"),
 ])
 def test_flag_ranges(name, value, expected):
     defaults = {"learning_rate": 0.01, "checkpoint_every": 50, "batch_size": 32,
                 "train_steps": 10, "validation_fraction": 0.01, "warmup_proportion": 0.1,
-                "verbose": 1, "seq_length": 128, "max_predictions_per_seq": 20}
+                "verbose": 1, "seq_length": 128, "max_predictions_per_seq": 20,
+                "warmup_steps": 10}
     flag_checks.check(_flag_values(**defaults))  # The defaults pass.
     with pytest.raises(ValueError) as error:
         flag_checks.check(_flag_values(**{**defaults, name: value}))

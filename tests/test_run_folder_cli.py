@@ -86,13 +86,21 @@ def test_one_run_per_folder_kill_resume_refuse_and_export(wiki_subset, tmp_path)
     assert _indexed_steps(run)[-1] == target
     assert not os.path.exists(os.path.join(run, "run.lock"))
 
-    # A resume that changes the model and the optimizer is refused, naming each field; the
-    # export needs no --config.
+    # A resume that changes the model and the optimizer is refused, naming each field;
+    # neither the export nor a run initialised from this one needs --config.
     refused = subprocess.Popen(
         [sys.executable, "-m", "training.pretrain", "--model_dir", run, "--config",
          "groupbert-tiny", "--optimizer", "adamw", "--seq_length", "64", "--batch_size", "8"],
         cwd=REPO, env=ENV,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # A new run initialised from this one takes its recorded config too.
+    initialised = subprocess.Popen(
+        [sys.executable, "-m", "training.pretrain", "--model_dir", str(tmp_path / "init"),
+         "--init_checkpoint", run, "--corpus", corpus, "--vocab", vocab, "--batch_size", "4",
+         "--seq_length", "32", "--max_predictions_per_seq", "5", "--train_steps", "1",
+         "--warmup_steps", "0",
+         "--validation_fraction", "0", "--export_dir", "", "--verbose", "2"], cwd=REPO,
+        env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     export_dir = str(tmp_path / "export")
     exported = _python("-m", "training.export", "--model_dir", run, "--export_dir", export_dir,
                        "--vocab", vocab, "--seq_length", "32")
@@ -104,6 +112,9 @@ def test_one_run_per_folder_kill_resume_refuse_and_export(wiki_subset, tmp_path)
                   "global_batch_size (4 -> 8)"):
         assert piece in line, line
     assert exported.returncode == 0, exported.stderr[-3000:]
+    init_log, _ = initialised.communicate(timeout=900)
+    assert initialised.returncode == 0, init_log[-3000:]
+    assert f"Initialised weights only from {run}" in init_log and '"hidden_size": 64' in init_log
     written = exported.stdout.strip().splitlines()[-1]
     assert written == os.path.join(export_dir, "1")
     assert os.path.isfile(os.path.join(written, "saved_model.pb"))

@@ -39,7 +39,8 @@ RANGES = {
 
 def check(flag_values):
     """Raises ValueError for the first flag of RANGES (that `flag_values` defines) whose
-    value is out of range or not finite, or for MLM predictions that cannot fit."""
+    value is out of range or not finite, a warmup longer than the run, or MLM predictions
+    that cannot fit in the sequence."""
     for name, (test, expected) in RANGES.items():
         if name not in flag_values:
             continue
@@ -48,6 +49,10 @@ def check(flag_values):
             continue
         if (isinstance(value, float) and not math.isfinite(value)) or not test(value):
             raise ValueError(f"--{name}={value}: must be {expected}")
+    if "warmup_steps" in flag_values and "train_steps" in flag_values:
+        warmup, steps = flag_values["warmup_steps"].value, flag_values["train_steps"].value
+        if warmup > steps:
+            raise ValueError(f"--warmup_steps={warmup}: must be at most --train_steps={steps}")
     if "max_predictions_per_seq" in flag_values and "seq_length" in flag_values:
         predictions = flag_values["max_predictions_per_seq"].value
         seq_length = flag_values["seq_length"].value

@@ -26,7 +26,9 @@ flags.DEFINE_string("overrides", None,
 flags.DEFINE_string("model_dir", "runs/pretrain",
                     "Checkpoints and TensorBoard logs; a run resumes from the checkpoint here.")
 flags.DEFINE_string("init_checkpoint", None,
-                    "Load weights only (not optimizer state or step) from this checkpoint.")
+                    "Load weights only (not optimizer state or step) from this checkpoint "
+                    "(a run folder, its checkpoints/ or a prefix); without --config, the "
+                    "config that run recorded.")
 flags.DEFINE_list("corpus", None,
                   "Text files, one document per blank-line-separated block "
                   "(default: the Wikipedia extracts of `python -m training.data fetch`).")
@@ -135,9 +137,11 @@ def _main(argv):
     strategy, _ = strategy_lib.strategy_from_flags()
 
     config_source = FLAGS.config
-    recorded_config = os.path.join(FLAGS.model_dir, run_folder.CONFIG)
-    if not FLAGS["config"].present and os.path.isfile(recorded_config):
-        config_source = recorded_config  # --config is needed only to start a run.
+    if not FLAGS["config"].present:  # --config is needed only to start a run.
+        config_source = (run_folder.config_path(FLAGS.model_dir)
+                         or (FLAGS.init_checkpoint and run_folder.config_path(
+                             FLAGS.init_checkpoint, search_run_folder=True))
+                         or FLAGS.config)
     config = load_config(config_source, config_overrides, FLAGS.overrides)
     logging.info("Model config:\n%s", config.to_json())
     strategy_lib.per_replica_batch_size(FLAGS.batch_size, strategy.num_replicas_in_sync,

@@ -197,18 +197,25 @@ def _record_folders(path):
     return folders
 
 
-def read_config(path, search_run_folder=False) -> Optional[GroupBertConfig]:
+def config_path(path, search_run_folder=False) -> Optional[str]:
     """The config.json of the folder `path`; with `search_run_folder`, also that of the run
     a checkpoint prefix or `checkpoints/`/`best/` folder belongs to. None if there is none."""
     for folder in _record_folders(path) if search_run_folder else [path]:
-        config_path = os.path.join(folder, CONFIG)
-        values = _read_json(config_path)
-        if values is not None:
-            try:
-                return GroupBertConfig.from_dict(values)
-            except (TypeError, ValueError) as error:
-                raise RunFolderError(f"{config_path}: {error}") from None
+        if os.path.isfile(os.path.join(folder, CONFIG)):
+            return os.path.join(folder, CONFIG)
     return None
+
+
+def read_config(path, search_run_folder=False) -> Optional[GroupBertConfig]:
+    """The recorded config (see `config_path`), or None."""
+    found = config_path(path, search_run_folder)
+    values = None if found is None else _read_json(found)
+    if values is None:
+        return None
+    try:
+        return GroupBertConfig.from_dict(values)
+    except (TypeError, ValueError) as error:
+        raise RunFolderError(f"{found}: {error}") from None
 
 
 def read_settings(model_dir) -> Optional[Dict[str, Any]]:
