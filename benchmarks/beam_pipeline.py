@@ -13,6 +13,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 
 
@@ -51,7 +52,8 @@ def main(argv=None):
     cmd = [sys.executable, "-m", "training.create_pretraining_data", f"--input={args.input}",
            f"--output_dir={args.output_dir}", *args.extra.split()]
     start = time.monotonic()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log = tempfile.TemporaryFile("w+")  # A pipe would fill up and stall the run.
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, text=True)
     peak_sum = peak_one = 0.0
     cpu = {}  # Last CPU seconds seen per process (processes may end before the run).
     while proc.poll() is None:
@@ -62,7 +64,8 @@ def main(argv=None):
         time.sleep(0.2)
     cpu_seconds = sum(cpu.values())
     seconds = time.monotonic() - start
-    stderr = proc.stderr.read()
+    log.seek(0)
+    stderr = log.read()
     if proc.returncode:
         print(stderr[-3000:], file=sys.stderr)
         return proc.returncode
