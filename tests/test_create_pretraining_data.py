@@ -286,3 +286,13 @@ def test_packed_rows_hold_the_same_pairs(corpus, tmp_path):
             pairs[(tokens.tobytes(), segments.tobytes(),
                    int(labels["next_sentence_labels"][slot]))] += 1
     assert pairs == _unmasked_examples(tmp_path / "google", 64, 20)
+
+
+def test_beam_options_pass_through_and_typos_are_refused():
+    from training import create_pretraining_data as cli
+
+    options = cli.beam_options(["--direct_num_workers=3", "--project=p"]).get_all_options()
+    assert options["runner"] == "FnApiRunner" and options["direct_num_workers"] == 3
+    assert options["direct_running_mode"] == "multi_processing" and options["project"] == "p"
+    with pytest.raises(ValueError, match="Unknown flag --seq_lenght"):
+        cli.beam_options(["--seq_lenght=64"])

@@ -98,7 +98,14 @@ def beam_options(beam_args):
     defaults = ["--runner=FnApiRunner", "--direct_running_mode=multi_processing",
                 f"--direct_num_workers={os.cpu_count() or 1}"]
     given = {arg.split("=")[0] for arg in beam_args}
-    return PipelineOptions([d for d in defaults if d.split("=")[0] not in given] + beam_args)
+    options = PipelineOptions([d for d in defaults if d.split("=")[0] not in given] + beam_args)
+    known = options.get_all_options()  # Beam would drop an unknown one with a warning.
+    for arg in beam_args:
+        name = arg.split("=")[0].lstrip("-")
+        if arg.startswith("--") and name not in known and name.removeprefix("no") not in known:
+            raise ValueError(f"Unknown flag {arg.split('=')[0]}: neither this CLI's nor a Beam "
+                             "pipeline option")
+    return options
 
 
 def _report_progress(output_dir, num_shards, done, every_s=10.0):
