@@ -42,6 +42,11 @@ def parse_args(argv=None):
     parser.add_argument("--dupe_factor", type=int, default=1)
     parser.add_argument("--loss_steps", type=int, default=0,
                         help="Unpacked steps of the loss comparison (0: skip it).")
+    parser.add_argument("--loss_match", choices=["rows", "steps"], default="rows",
+                        help="rows: both take --batch_sizes rows per step, packed takes fewer "
+                        "steps; steps: both take --loss_steps steps, unpacked takes more rows "
+                        "per step (as many real tokens as a packed step).")
+    parser.add_argument("--throughput", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--learning_rate", type=float, default=5e-3)
     parser.add_argument("--precision", default="float32", choices=performance.PRECISIONS)
     parser.add_argument("--compile_mode", default="xla", choices=performance.COMPILE_MODES)
@@ -118,29 +123,35 @@ def loss_comparison(config, seq_length, batch_size, pack, predictions, args):
     probe = {name: _real_tokens(list(_dataset(seq_length, batch_size, predictions, k, args)
                                      .take(args.batches)))
              for name, k in (("unpacked", 0), ("packed", pack))}
-    unpacked_steps = args.loss_steps
-    packed_steps = max(1, round(unpacked_steps * probe["unpacked"] / probe["packed"]))
+    unpacked_steps, unpacked_rows = args.loss_steps, batch_size
+    if args.loss_match == "rows":
+        packed_steps = max(1, round(unpacked_steps * probe["unpacked"] / probe["packed"]))
+    else:
+        packed_steps = unpacked_steps
+        unpacked_rows = round(batch_size * probe["packed"] / probe["unpacked"])
     warmup = max(1, unpacked_steps // 10)
     results = {}
-    for name, k, steps in (("unpacked", 0, unpacked_steps), ("packed", pack, packed_steps)):
+    for name, k, steps, rows in (("unpacked", 0, unpacked_steps, unpacked_rows),
+                                 ("packed", pack, packed_steps, batch_size)):
         keras.utils.set_random_seed(0)
         model = trainer.build_model(config, _settings(
-            seq_length, batch_size, predictions, steps,
+            seq_length, rows, predictions, steps,
             max(1, round(warmup * steps / unpacked_steps)), args))
-        train = _dataset(seq_length, batch_size, predictions, k, args, seed=2)
+        train = _dataset(seq_length, rows, predictions, k, args, seed=2)
         real = 0.0
         for x, y in train.take(steps):
             model.train_on_batch(x, y)
             real += float(x["padding_mask"].numpy().sum())
         losses = [model.test_on_batch(x, y, return_dict=True)["mlm_loss"] for x, y in validation]
-        results[name] = {"steps": steps, "real_tokens": real,
+        results[name] = {"steps": steps, "rows": rows, "real_tokens": real,
                          "validation_mlm_loss": float(np.mean(losses))}
-    print(f"\n## Validation MLM loss after the same real tokens, seq {seq_length}")
+    print(f"\n## Validation MLM loss after the same real tokens, seq {seq_length} "
+          f"(matched: {args.loss_match})")
     from benchmarks import common
     print(common.markdown_table(
-        ["rows", "steps", "real tokens trained", "validation MLM loss"],
-        [[name, r["steps"], f"{r['real_tokens']:.0f}", f"{r['validation_mlm_loss']:.3f}"]
-         for name, r in results.items()]))
+        ["", "rows per step", "steps", "real tokens trained", "validation MLM loss"],
+        [[name, r["rows"], r["steps"], f"{r['real_tokens']:.0f}",
+          f"{r['validation_mlm_loss']:.3f}"] for name, r in results.items()]))
     print(f"- validation batches: {len(validation)} of {batch_size} unpacked rows")
     return results
 
@@ -163,7 +174,8 @@ def main(argv=None):
           "calls; medians")
     for i, seq_length in enumerate(args.seq_lengths):
         shape = (seq_length, args.batch_sizes[i], args.packs[i], args.predictions[i])
-        throughput(config, *shape, args)
+        if args.throughput:
+            throughput(config, *shape, args)
         if args.loss_steps:
             loss_comparison(config, *shape, args)
     load = os.getloadavg()
