@@ -473,8 +473,8 @@ def main(argv):
     del argv
     flag_checks.check(FLAGS)  # Before anything is built.
     # Process-wide settings before TensorFlow does any work (this may restart the process).
-    chosen = performance.ensure_process_flags(performance.resolve(FLAGS.precision,
-                                                                  FLAGS.compile_mode))
+    # (`run` resolves `auto` again after the restart and logs what it chose and why.)
+    performance.ensure_process_flags(performance.resolve(FLAGS.precision, FLAGS.compile_mode))
     settings = FinetuneSettings(
         task=FLAGS.task, train_file=FLAGS.train_file, eval_file=FLAGS.eval_file,
         model_dir=FLAGS.model_dir, config=FLAGS.config, init_checkpoint=FLAGS.init_checkpoint,
@@ -488,7 +488,7 @@ def main(argv):
         max_sequences_per_pack=FLAGS.max_sequences_per_pack,
         doc_stride=FLAGS.doc_stride, max_query_length=FLAGS.max_query_length,
         max_answer_length=FLAGS.max_answer_length, max_train_examples=FLAGS.max_train_examples,
-        seed=FLAGS.seed, precision=chosen.precision, compile_mode=chosen.compile_mode,
+        seed=FLAGS.seed, precision=FLAGS.precision, compile_mode=FLAGS.compile_mode,
         verbose=FLAGS.verbose,
         overwrite_best=FLAGS.overwrite_best)
     summary = run(settings)

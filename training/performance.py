@@ -88,13 +88,14 @@ def choose(device: str, gpu_compute_capability: Optional[tuple] = None,
         return Performance("float32", "xla", "GPU without tensor cores")
     flags = cpu_flags() if flags is None else flags
     cpu = describe_cpu(flags)
+    # graph_fused is not the default: its XLA clusters took minutes to compile on the first
+    # step on 2 cores and were not faster afterwards (docs/throughput.md).
     if "amx_bf16" in flags or "avx512_bf16" in flags:
-        return Performance("mixed_bfloat16", "graph_fused",
+        return Performance("mixed_bfloat16", "graph",
                            f"{cpu}: oneDNN runs bfloat16 matmuls and the grouped convolution "
-                           "several times faster than XLA:CPU; element-wise ops fused by XLA")
-    return Performance("float32", "graph_fused",
-                       f"{cpu}: oneDNN float32 kernels beat XLA:CPU's matmul; element-wise "
-                       "ops fused by XLA")
+                           "several times faster than XLA:CPU")
+    return Performance("float32", "graph",
+                       f"{cpu}: oneDNN's float32 matmuls and grouped convolution beat XLA:CPU's")
 
 
 def detect_device(strategy_name: str = "auto") -> tuple:
@@ -196,5 +197,5 @@ def define_flags(flag_values=None):
                       flag_values=flag_values)
     flags.DEFINE_enum("compile_mode", "auto", COMPILE_MODES,
                       "How the forward and backward pass is compiled. auto: xla on TPU/GPU, "
-                      "graph_fused (oneDNN kernels, XLA-fused element-wise ops) on CPU.",
+                      "graph (TensorFlow's oneDNN kernels) on CPU.",
                       flag_values=flag_values)

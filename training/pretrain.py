@@ -132,8 +132,9 @@ def _main(argv):
         run_folder.check_writable(FLAGS.export_dir, "--export_dir")
     # Process-wide settings first (this may restart the process), then the strategy, which
     # must exist before TensorFlow creates any tensor.
-    chosen = performance.ensure_process_flags(performance.resolve(
-        FLAGS.precision, FLAGS.compile_mode, FLAGS.strategy))
+    # (The trainer resolves `auto` again after the restart and logs what it chose and why.)
+    performance.ensure_process_flags(performance.resolve(FLAGS.precision, FLAGS.compile_mode,
+                                                         FLAGS.strategy))
     strategy, _ = strategy_lib.strategy_from_flags()
 
     config_source = FLAGS.config
@@ -184,7 +185,7 @@ def _main(argv):
         gradient_accumulation_steps=FLAGS.gradient_accumulation_steps,
         steps_per_execution=FLAGS.steps_per_execution, checkpoint_every=FLAGS.checkpoint_every,
         log_every=FLAGS.log_every, init_checkpoint=FLAGS.init_checkpoint,
-        precision=chosen.precision, compile_mode=chosen.compile_mode,
+        precision=FLAGS.precision, compile_mode=FLAGS.compile_mode,
         verbose=FLAGS.verbose)
     keras.utils.set_random_seed(FLAGS.seed)
     model, throughput, results = trainer.pretrain(config, settings, strategy, train_dataset_fn,

@@ -94,11 +94,11 @@ class XlaGradientsTrainStep:
             loss = loss + loss_k
             gradients = (gradients_k if gradients is None
                          else [a + b for a, b in zip(gradients, gradients_k)])
-            logs = self.compute_metrics(x_k, y_k, y_pred)
+            self.compute_metrics(x_k, y_k, y_pred)
         self.optimizer.apply_gradients(zip(gradients, self.trainable_variables))
         # `loss` is this replica's share of the global loss; the tracker averages replicas.
         self._loss_tracker.update_state(loss * replicas)
-        return self._global_logs(logs)
+        return self._global_logs(self.get_metrics_result())
 
     def test_step(self, data):
         return self._global_logs(super().test_step(data))
