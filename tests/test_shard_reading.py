@@ -70,3 +70,62 @@ def test_file_sharded_resume_skips_a_workers_share(tmp_path):
 
 def test_num_workers_of_local_strategies():
     assert strategy_lib.num_workers(tf.distribute.get_strategy()) == 1
+
+
+@pytest.mark.slow
+def test_multi_worker_file_sharding_trains_on_each_workers_own_files(tmp_path):
+    """Two real MWMS workers, three shards: FILE sharding gives worker 0 shards 0 and 2 and
+    worker 1 shard 1, each consuming half the global batch from its own stream. One process
+    reading those per-step batches from a single file must end with the same weights (DATA
+    sharding would have mixed all three shards into every batch instead)."""
+    import json
+
+    from tests import test_distributed as harness
+
+    rng = np.random.default_rng(1)
+    n, seq, p = 48, harness.SEQ, harness.PREDICTIONS
+    lengths = rng.integers(seq // 2, seq + 1, n)
+    mask = (np.arange(seq)[None] < lengths[:, None]).astype(np.int32)
+    tokens = rng.integers(1000, 30522, (n, seq)) * mask
+    positions = np.stack([np.sort(rng.choice(np.arange(1, k), p, replace=False))
+                          for k in lengths])
+    examples = {"token_ids": tokens, "segment_ids": np.zeros_like(tokens),
+                "padding_mask": mask, "masked_lm_positions": positions,
+                "masked_lm_ids": np.take_along_axis(tokens, positions, 1),
+                "masked_lm_weights": np.ones((n, p), np.float32),
+                "next_sentence_labels": rng.integers(0, 2, n)}
+
+    def write(path, rows):
+        flat = {k: v[rows] for k, v in examples.items()}
+        features = {k: flat[k] for k in ("token_ids", "segment_ids", "padding_mask",
+                                         "masked_lm_positions")}
+        labels = {k: flat[k] for k in ("masked_lm_ids", "masked_lm_weights",
+                                       "next_sentence_labels")}
+        tfrecord.write_examples(str(path), features, labels)
+
+    shards = [np.arange(16 * i, 16 * (i + 1)) for i in range(3)]
+    (tmp_path / "shards").mkdir()
+    for i, rows in enumerate(shards):
+        write(tmp_path / "shards" / f"part-{i}.tfrecord", rows)
+    steps, half = 3, harness.BATCH // 2
+    worker0 = np.stack([shards[0], shards[2]], axis=1).reshape(-1)  # Interleaved reads.
+    worker1 = shards[1]
+    order = np.concatenate([np.concatenate([worker0[half * s: half * (s + 1)],
+                                            worker1[half * s: half * (s + 1)]])
+                            for s in range(steps)])
+    write(tmp_path / "reference.tfrecord", order)
+    overrides = tmp_path / "tiny.json"
+    overrides.write_text(json.dumps(harness.TINY))
+
+    sharded = {"tfrecord": str(tmp_path / "shards" / "part-*.tfrecord"),
+               "overrides": str(overrides)}
+    workers, _ = harness._worker_runs(sharded, tmp_path / "mw", steps)
+    single = harness.Run({"tfrecord": str(tmp_path / "reference.tfrecord"),
+                          "overrides": str(overrides)}, tmp_path, "single", steps,
+                         ["--strategy=default"])
+    runs = [*workers, single]
+    for run, code in zip(runs, harness._run_all(runs)):
+        assert code == 0, run.tail()
+    reference = single.load_weights()
+    assert harness._max_difference(workers[0].load_weights(), workers[1].load_weights()) == 0.0
+    assert harness._max_difference(workers[0].load_weights(), reference) <= harness.TOLERANCE
