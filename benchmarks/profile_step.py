@@ -7,8 +7,8 @@ TensorBoard profile plugin reads) and sums the host time of every TensorFlow op 
 time where ops run in parallel. XLA clusters show as `_XlaRun`. Prints one markdown table per
 model: op time per step and share, largest first.
 
-    python -m benchmarks.profile_step --models groupbert-mini bert-mini --precision mixed_bfloat16 \\
-        --compile_mode graph --batch_size 32
+    python -m benchmarks.profile_step --models groupbert-mini bert-mini \\
+        --precision mixed_bfloat16 --compile_mode graph --batch_size 32
 """
 
 import argparse
@@ -49,7 +49,7 @@ def op_times(logdir):
                 for event in line.events:
                     name = plane.event_metadata[event.metadata_id].name
                     # TensorFlow ops are "node name:OpType"; runtime events use "::".
-                    if ":" in name and "::" not in name:
+                    if ":" in name and "::" not in name and "__inference" not in name:
                         totals[name.rsplit(":", 1)[-1]] += event.duration_ps / 1e6
     return totals
 

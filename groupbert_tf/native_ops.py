@@ -21,20 +21,24 @@ def _in_xla_context(tf):
     return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
 
 
-def _has_grouped_conv_gradient(tf):
+def _has_grouped_conv_gradient(tf, dtype):
     # On CPU only oneDNN has grouped-convolution gradients ("Gradients for grouped
-    # convolutions are not supported on CPU" with TF_ENABLE_ONEDNN_OPTS=0); cuDNN has them.
+    # convolutions are not supported on CPU" with TF_ENABLE_ONEDNN_OPTS=0), and only in
+    # float32 and bfloat16; cuDNN has them in every float type.
     from tensorflow.python.util import _pywrap_util_port
-    return _pywrap_util_port.IsMklEnabled() or bool(tf.config.list_logical_devices("GPU"))
+    if tf.config.list_logical_devices("GPU"):
+        return True
+    return _pywrap_util_port.IsMklEnabled() and dtype in ("float32", "bfloat16")
 
 
-def has_native_grouped_conv1d() -> bool:
-    """Whether `native_grouped_conv1d` is the fast path here: TensorFlow, outside XLA, with
-    a kernel that also has gradients (oneDNN or a GPU)."""
+def has_native_grouped_conv1d(dtype="float32") -> bool:
+    """Whether `native_grouped_conv1d` is the fast path here for `dtype` inputs: TensorFlow,
+    outside XLA, with a kernel that also has gradients (oneDNN or a GPU)."""
     if keras.backend.backend() != "tensorflow":
         return False
     import tensorflow as tf
-    return not _in_xla_context(tf) and _has_grouped_conv_gradient(tf)
+    return not _in_xla_context(tf) and _has_grouped_conv_gradient(
+        tf, keras.backend.standardize_dtype(dtype))
 
 
 def native_grouped_conv1d(inputs, kernel):

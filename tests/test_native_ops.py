@@ -105,3 +105,9 @@ def test_packed_native_equals_each_sequence_alone():
     np.testing.assert_allclose(packed[real],
                                grouped_conv1d(x, kernel, 2, tap_mask)[0].numpy()[real],
                                rtol=1e-5, atol=1e-5)
+
+
+def test_float16_on_cpu_keeps_the_portable_form():
+    """oneDNN has no float16 grouped-convolution gradient on CPU: the layer must not pick it."""
+    assert has_native_grouped_conv1d("bfloat16")
+    assert not has_native_grouped_conv1d("float16")

@@ -1,5 +1,7 @@
-"""The train step's gradient accumulation (training/train_step.py): N micro-batches make
-exactly the optimizer step of one batch N times as large."""
+"""The train step (training/train_step.py): gradient accumulation, where N micro-batches make
+exactly the optimizer step of one batch N times as large, and float16 loss scaling."""
+
+import dataclasses
 
 import numpy as np
 import tensorflow as tf
@@ -71,3 +73,29 @@ def test_accumulated_micro_batches_equal_one_large_batch():
     assert moved > 1e-3
     for got, expected in zip(accumulated, large):
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_mixed_float16_trains_with_dynamic_loss_scaling():
+    """--precision=mixed_float16: compile wraps the optimizer in Keras' LossScaleOptimizer,
+    the train step scales the loss and the update unscales it: finite weights that moved, and
+    the same first step as float32 to within float16 rounding."""
+    import keras
+
+    settings = _settings(1, 2)
+    with performance.dtype_policy("float32"):
+        initial = trainer.build_model(small_config(), settings).get_weights()
+    expected = _train(_batches(2).batch(BATCH), 1, 2, initial)
+    half = dataclasses.replace(settings, precision="mixed_float16")
+    with performance.dtype_policy("mixed_float16"):
+        model = trainer.build_model(small_config(), half)
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    model.set_weights(initial)
+    model.fit(_batches(2).batch(BATCH), epochs=1, steps_per_epoch=2, verbose=0)
+    assert int(model.optimizer.iterations.numpy()) == 2
+    got = model.get_weights()
+    assert all(np.all(np.isfinite(w)) for w in got)
+    moved = [float(np.max(np.abs(a - b))) for a, b in zip(expected, initial)]
+    differences = [float(np.max(np.abs(a - b))) for a, b in zip(got, expected)]
+    # LAMB moves each weight by at most ~lr per step; float16 may flip near-zero gradient
+    # signs (a difference of up to 2 lr), never more.
+    assert max(moved) > 1e-3 and max(differences) <= 2 * 2 * 1e-2 + 1e-6

@@ -24,11 +24,13 @@ def conv_tap_mask(sequence_ids, kernel_size):
 def grouped_conv1d(inputs, kernel, groups, tap_mask=None):
     """'Same'-padded, stride-1 grouped 1-D convolution as one batched matmul over groups.
 
+    The portable form (keras.ops only), used inside XLA and on other backends; TensorFlow
+    outside XLA runs its native grouped convolution instead (groupbert_tf/native_ops.py).
     `kernel` has the layout of Keras' grouped `Conv1D` kernel, [K, C/groups, C]. The padded
     input is put group-major once, the K shifted views are stacked next to the within-group
-    channels, and a [G, B*S, K*C/G] x [G, K*C/G, C/G] matmul does the whole convolution. Of eight forms
-    measured under XLA on 2 CPU cores (benchmarks/grouped_conv.py, docs/benchmarks.md), this
-    was fastest: 0.73x the time of one einsum over stacked taps ('bskgi,kigo->bsgo'), 0.65x a
+    channels, and a [G, B*S, K*C/G] x [G, K*C/G, C/G] matmul does the whole convolution. Of
+    eight forms measured under XLA on 2 CPU cores (benchmarks/grouped_conv.py,
+    docs/benchmarks.md), this was fastest: 0.73x the time of one einsum over stacked taps ('bskgi,kigo->bsgo'), 0.65x a
     sum of K per-tap einsums, and ~90x faster than Keras' grouped `Conv1D`, whose kernel gradient
     is a slow path on CPU. `tap_mask` ([B, S, K], see `conv_tap_mask`) zeroes single taps.
     """
@@ -100,7 +102,7 @@ class ConvolutionModule(keras.layers.Layer):
     def _grouped_conv(self, hidden, kernel, sequence_ids):
         """The backend's native grouped convolution where it is the fast path, else the
         portable form; both equal per-sequence zero padding on packed rows."""
-        if not has_native_grouped_conv1d():
+        if not has_native_grouped_conv1d(hidden.dtype):
             tap_mask = (None if sequence_ids is None
                         else conv_tap_mask(sequence_ids, self.kernel_size))
             return grouped_conv1d(hidden, kernel, self.groups, tap_mask)
