@@ -102,9 +102,9 @@ def worker(args):
                                                args.seq_length, args.max_predictions)
         inputs = {k: tf.constant(v) for k, v in inputs.items()}
         labels = {k: tf.constant(v) for k, v in labels.items()}
-        with performance.dtype_policy(precision):
-            model = throughput.build_model(
-                "keras_hub" if model_name.startswith("keras_hub") else "ours", config, inputs)
+        model = throughput.build_model(
+            "keras_hub" if model_name.startswith("keras_hub") else "ours", config, inputs,
+            precision)
         variables = model.trainable_variables
 
         def step(model=model, inputs=inputs, labels=labels, variables=variables):

@@ -68,8 +68,7 @@ def main(argv=None):
                                                args.seq_length, args.max_predictions)
         inputs = {k: tf.constant(v) for k, v in inputs.items()}
         labels = {k: tf.constant(v) for k, v in labels.items()}
-        with performance.dtype_policy(args.precision):
-            model = throughput.build_model("ours", config, inputs)
+        model = throughput.build_model("ours", config, inputs, args.precision)
         variables = model.trainable_variables
 
         @tf.function(jit_compile=args.compile_mode == "xla")

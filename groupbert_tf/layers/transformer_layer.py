@@ -85,6 +85,9 @@ class TransformerLayer(keras.layers.Layer):
         for name in self.module_names():
             module, norm = getattr(self, name), getattr(self, f"{name}_norm")
             module_input = norm(hidden) if self.norm_placement == "pre" else hidden
+            # One cast to the compute dtype (bfloat16 under mixed precision) for the whole
+            # module, not one per Dense that reads it (attention has three).
+            module_input = ops.cast(module_input, self.compute_dtype)
             if name == "attention":
                 module_output = module(module_input, padding_mask, training=training,
                                        return_attention_probs=return_attention_probs,
