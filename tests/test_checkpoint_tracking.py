@@ -1,5 +1,8 @@
 """tf.train.Checkpoint (resume, fine-tuning init, export) must save every model weight."""
 
+import json
+import os
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -19,3 +22,25 @@ def test_checkpoint_holds_every_weight_and_restores_them(tmp_path, preset):
     for original, loaded in zip(model.weights, restored.weights):
         assert original.path == loaded.path
         np.testing.assert_array_equal(original.numpy(), loaded.numpy())
+
+
+@pytest.mark.parametrize("preset", ["groupbert-tiny", "bert-tiny"])
+def test_first_release_checkpoint_keys_reach_the_same_variables(preset):
+    """A checkpoint of the first release (commit f6b9eea) restores into this code: every key
+    it wrote, followed edge by edge through the object graph (as tf.train.Checkpoint
+    restores), reaches a variable of the right shape, and together they reach every weight.
+    The reference file was written by that release's code. (Adding the optional sequence_ids
+    input had shifted every layer's `_operations` index by one.)"""
+    with open(os.path.join(os.path.dirname(__file__), "data",
+                           "first_release_checkpoint_keys.json")) as f:
+        expected = json.load(f)[preset]
+    model = GroupBertPretrainer(preset)
+    root = tf.train.Checkpoint(model=model)
+    reached = []
+    for key, shape in expected.items():
+        node = root
+        for name in key.split("/.ATTRIBUTES/")[0].split("/"):
+            node = node._trackable_children("checkpoint")[name]
+        assert list(node.shape) == shape, key
+        reached.append(node)
+    assert len({id(v) for v in reached}) == len(reached) == len(model.weights)

@@ -126,6 +126,22 @@ class GroupBertEncoder(keras.Model):
                                   ops.cast(cls_positions, "int32")[:, :, None], axis=1)
         return self.pooler(cls)
 
+    def _trackable_children(self, save_type="checkpoint", **kwargs):
+        """TensorFlow checkpoints name a functional model's layers by their index in
+        `_operations`. The optional sequence_ids input came after the first release: its
+        (weightless) input layer is left out of the list they see, so every layer keeps its
+        index and checkpoints written before it still restore."""
+        children = super()._trackable_children(save_type, **kwargs)
+        operations = children.get("_operations")
+        if save_type == "checkpoint" and operations is not None:
+            if "_checkpointed_operations" not in self.__dict__:  # One object, every call.
+                object.__setattr__(self, "_checkpointed_operations", type(operations)([
+                    op for op in operations
+                    if not (isinstance(op, keras.layers.InputLayer)
+                            and op.name == SEQUENCE_IDS)]))
+            children["_operations"] = self.__dict__["_checkpointed_operations"]
+        return children
+
     @property
     def word_embeddings(self):
         """The [vocab, hidden] table the MLM decoder is tied to."""
