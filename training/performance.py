@@ -89,13 +89,18 @@ def choose(device: str, gpu_compute_capability: Optional[tuple] = None,
     flags = cpu_flags() if flags is None else flags
     cpu = describe_cpu(flags)
     # graph_fused is not the default: its XLA clusters took minutes to compile on the first
-    # step on 2 cores and were not faster afterwards (docs/throughput.md).
-    if "amx_bf16" in flags or "avx512_bf16" in flags:
+    # step on 2 cores and were not faster afterwards (docs/fast_path.md).
+    if "amx_bf16" in flags:
         return Performance("mixed_bfloat16", "graph",
-                           f"{cpu}: oneDNN runs bfloat16 matmuls and the grouped convolution "
-                           "several times faster than XLA:CPU")
-    return Performance("float32", "graph",
-                       f"{cpu}: oneDNN's float32 matmuls and grouped convolution beat XLA:CPU's")
+                           f"{cpu}: oneDNN runs bfloat16 matmuls on AMX ~4x faster than "
+                           "float32, and the grouped convolution natively; XLA:CPU uses "
+                           "neither")
+    if "avx512_bf16" in flags:
+        return Performance("float32", "xla",
+                           f"{cpu}: without AMX, oneDNN's bfloat16 matmuls are only 1.4-2x "
+                           "float32's, and the float32 XLA step was as fast or faster "
+                           "(docs/fast_path.md)")
+    return Performance("float32", "xla", f"{cpu}: XLA's float32 step")
 
 
 def detect_device(strategy_name: str = "auto") -> tuple:
@@ -193,9 +198,9 @@ def define_flags(flag_values=None):
     flag_values = flag_values or flags.FLAGS
     flags.DEFINE_enum("precision", "auto", PRECISIONS,
                       "Numeric precision. auto: bfloat16 on TPUs, Ampere+ GPUs and CPUs with "
-                      "AMX or AVX512-BF16; float16 on Volta/Turing GPUs; else float32.",
+                      "AMX; float16 on Volta/Turing GPUs; else float32.",
                       flag_values=flag_values)
     flags.DEFINE_enum("compile_mode", "auto", COMPILE_MODES,
-                      "How the forward and backward pass is compiled. auto: xla on TPU/GPU, "
-                      "graph (TensorFlow's oneDNN kernels) on CPU.",
+                      "How the forward and backward pass is compiled. auto: graph "
+                      "(TensorFlow's oneDNN kernels) on CPUs with AMX, else xla.",
                       flag_values=flag_values)

@@ -36,7 +36,7 @@ flags.DEFINE_string("vocab", None, "WordPiece vocab file (default: bert-base-unc
 flags.DEFINE_list("tfrecords", None,
                   "Pre-made BERT pre-training TFRecords (Google/NVIDIA/Graphcore format) "
                   "instead of --corpus.")
-flags.DEFINE_integer("train_steps", 450,
+flags.DEFINE_integer("train_steps", 200,
                      "Optimizer steps (the default fits ~10 minutes on 2 CPU cores).")
 flags.DEFINE_integer("batch_size", 32, "Global batch size (split across replicas).")
 flags.DEFINE_integer("seq_length", 128, "Sequence length.")
@@ -44,7 +44,7 @@ flags.DEFINE_integer("max_predictions_per_seq", 20, "Static number of MLM predic
 flags.DEFINE_enum("optimizer", "lamb", ["lamb", "adamw"], "Optimizer.")
 flags.DEFINE_float("learning_rate", 1e-2,
                    "Peak learning rate (LAMB; the best of a sweep at small sizes, docs/results.md).")
-flags.DEFINE_integer("warmup_steps", 40, "Warmup steps.")
+flags.DEFINE_integer("warmup_steps", 20, "Warmup steps.")
 flags.DEFINE_float("warmup_power", 0.5, "Warmup shape: 1 = linear, 0.5 = square root.")
 flags.DEFINE_float("weight_decay", 0.01, "Weight decay (not on biases and LayerNorm).")
 flags.DEFINE_integer("gradient_accumulation_steps", 1, "Batches per optimizer step.")
