@@ -3,8 +3,10 @@
 Graphcore's IPU TensorFlow ships with the Poplar SDK (not on PyPI) and stops at TensorFlow 2.6
 with Keras 2 (`tf.keras`); this project pins TensorFlow 2.21 and Keras 3. So on any machine with
 this project's pins the answer is a clear error, raised before Keras is touched, instead of a
-traceback from deep inside it. No IPU is available here: what was tested is the detection and
-the error messages (with `importlib.util.find_spec` patched), not the `IPUConfig` calls.
+traceback from deep inside it. `python -m training.pretrain --strategy=ipu` reaches this
+module with the `IpuTrainingConfig` of its `--ipu_*` flags (training/strategy.py) and ends
+here with that error. No IPU is available here: what was tested is the detection and the
+error messages (with `importlib.util.find_spec` patched), not the `IPUConfig` calls.
 """
 
 import importlib.util
@@ -37,8 +39,8 @@ def check_ipu_stack(tf_version: Optional[str] = None, keras_version: Optional[st
     if not ipu_wheel_available():
         raise ImportError(
             f"--strategy=ipu needs Graphcore's IPU TensorFlow: `{IPU_MODULE}` is not importable. "
-            "Install the TensorFlow 2.6 wheel from the Poplar SDK (it is not on PyPI) on a "
-            "machine with IPUs.")
+            "It is the Poplar SDK's TensorFlow wheel (not on PyPI), which stops at TensorFlow "
+            "2.6 with Keras 2: this project's Keras 3 models would also need a Keras 2 port.")
     if tf_version is None:
         import tensorflow as tf
         tf_version = tf.__version__

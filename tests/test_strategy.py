@@ -54,7 +54,7 @@ def test_auto_picks_default_strategy_on_cpu_and_says_why():
     strategy, reason = strategy_lib.create_strategy("auto")
     assert strategy is tf.distribute.get_strategy()
     assert strategy.num_replicas_in_sync == 1
-    assert reason.startswith("auto found no IPU wheel, TPU or GPU")
+    assert reason.startswith("auto found no TPU or GPU")
 
 
 @no_gpu
@@ -147,9 +147,93 @@ def test_tpu_without_a_tpu_fails_fast(monkeypatch, tpu, error, message):
     assert time.monotonic() - start < 10
 
 
-def test_ipu_without_the_wheel():
-    with pytest.raises(ImportError, match=r"tensorflow\.python\.ipu.*Poplar SDK"):
+def _ipu_flags(*argv):
+    flag_values = flags.FlagValues()
+    strategy_lib.define_flags(flag_values)
+    flag_values(["prog", "--strategy=ipu", *argv])
+    return flag_values
+
+
+def test_ipu_flags_build_the_pipeline_layout():
+    # BERT-Base as in Graphcore's recipe: 12 layers, 3 per IPU, 4 replicas, micro-batch 2.
+    flag_values = _ipu_flags("--ipu_layers_per_stage=3", "--ipu_replication_factor=4",
+                             "--ipu_micro_batch_size=2", "--ipu_precision=fp32",
+                             "--ipu_loss_scaling=128")
+    cfg = strategy_lib.ipu_config_from_flags(flag_values, num_layers=12, batch_size=128,
+                                             gradient_accumulation_steps=4)
+    assert (cfg.num_pipeline_stages, cfg.replication_factor, cfg.num_ipus) == (4, 4, 16)
+    # 128 x 4 sequences per optimizer step = micro-batch 2 x 4 replicas x 64 micro-batches.
+    assert (cfg.global_batch_size, cfg.micro_batch_size, cfg.gradient_accumulation_count) == (
+        512, 2, 64)
+    assert (cfg.precision, cfg.loss_scaling) == ("fp32", 128.0)
+
+
+def test_ipu_flag_defaults_put_the_model_on_one_ipu():
+    cfg = strategy_lib.ipu_config_from_flags(_ipu_flags(), num_layers=4, batch_size=32)
+    assert (cfg.num_pipeline_stages, cfg.num_ipus, cfg.layers_per_stage) == (1, 1, 4)
+    assert (cfg.micro_batch_size, cfg.gradient_accumulation_count) == (32, 1)
+    assert (cfg.precision, cfg.loss_scaling) == ("fp16", 512.0)
+
+
+@pytest.mark.parametrize("argv, batch_size, message", [
+    (["--ipu_layers_per_stage=5"], 32,
+     r"^--strategy=ipu: --ipu_layers_per_stage=5 does not divide the model's num_layers=12"),
+    (["--ipu_layers_per_stage=3", "--ipu_micro_batch_size=4"], 48,
+     r"micro-batches per step \(--batch_size x --gradient_accumulation_steps / "
+     r"\(--ipu_micro_batch_size x --ipu_replication_factor\)\)=12 must be a multiple of 2 x "
+     r"num_pipeline_stages = 8"),
+    (["--ipu_replication_factor=3", "--ipu_micro_batch_size=1"], 48,
+     r"--ipu_replication_factor x num_pipeline_stages = 3 x 1 = 3 IPUs"),
+    (["--ipu_micro_batch_size=7"], 32,
+     r"--batch_size x --gradient_accumulation_steps 32 is not a multiple of "
+     r"--ipu_micro_batch_size x --ipu_replication_factor = 7 x 1"),
+    (["--ipu_precision=bf16"], 32, r"--ipu_precision must be one of \('fp16', 'fp32'\)"),
+    (["--ipu_loss_scaling=0"], 32, r"--ipu_loss_scaling must be > 0"),
+])
+def test_bad_ipu_flags_are_named(argv, batch_size, message):
+    with pytest.raises(ValueError, match=message):
+        strategy_lib.ipu_config_from_flags(_ipu_flags(*argv), num_layers=12,
+                                           batch_size=batch_size)
+
+
+def test_ipu_counts_below_one_are_refused_when_parsed():
+    for flag in ("ipu_layers_per_stage", "ipu_replication_factor", "ipu_micro_batch_size"):
+        with pytest.raises(flags.IllegalFlagValueError, match=flag):
+            _ipu_flags(f"--{flag}=0")
+
+
+def test_ipu_without_the_wheel_is_a_value_error_after_the_layout():
+    flag_values = _ipu_flags("--ipu_layers_per_stage=2", "--ipu_micro_batch_size=2")
+    with pytest.raises(ValueError, match=r"^--strategy=ipu needs Graphcore's IPU TensorFlow: "
+                                         r"`tensorflow\.python\.ipu`.*Poplar SDK"):
+        strategy_lib.strategy_from_flags(flag_values, num_layers=4, batch_size=8)
+    with pytest.raises(TypeError, match="needs an ipu.IpuTrainingConfig"):
         strategy_lib.create_strategy("ipu")
+
+
+def _pretrain(tmp_path, *argv):
+    return subprocess.run(
+        [sys.executable, "-m", "training.pretrain", "--strategy=ipu", "--config=groupbert-tiny",
+         f"--model_dir={tmp_path / 'run'}", "--export_dir=", "--batch_size=8", *argv],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+
+
+@pytest.mark.parametrize("argv, message", [
+    ([], "pretrain: error: --strategy=ipu needs Graphcore's IPU TensorFlow: "
+         "`tensorflow.python.ipu` is not importable. It is the Poplar SDK's TensorFlow wheel "
+         "(not on PyPI), which stops at TensorFlow 2.6 with Keras 2: this project's Keras 3 "
+         "models would also need a Keras 2 port."),
+    (["--ipu_layers_per_stage=3"],
+     "pretrain: error: --strategy=ipu: --ipu_layers_per_stage=3 does not divide the model's "
+     "num_layers=2: every pipeline stage holds the same number of encoder layers. Use one of "
+     "[1, 2]."),
+])
+def test_pretrain_cli_with_strategy_ipu_ends_in_one_line(tmp_path, argv, message):
+    result = _pretrain(tmp_path, *argv)
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == message
 
 
 def test_per_replica_batch_size():

@@ -135,16 +135,17 @@ def _main(argv):
     # (The trainer resolves `auto` again after the restart and logs what it chose and why.)
     performance.ensure_process_flags(performance.resolve(FLAGS.precision, FLAGS.compile_mode,
                                                          FLAGS.strategy))
-    strategy, _ = strategy_lib.strategy_from_flags()
-
     config_source = FLAGS.config
     if not FLAGS["config"].present:  # --config is needed only to start a run.
         config_source = (run_folder.config_path(FLAGS.model_dir)
                          or (FLAGS.init_checkpoint and run_folder.config_path(
                              FLAGS.init_checkpoint, search_run_folder=True))
                          or FLAGS.config)
-    config = load_config(config_source, config_overrides, FLAGS.overrides)
+    config = load_config(config_source, config_overrides, FLAGS.overrides)  # Plain Python.
     logging.info("Model config:\n%s", config.to_json())
+    strategy, _ = strategy_lib.strategy_from_flags(  # An IPU pipeline is cut between layers.
+        num_layers=config.num_layers, batch_size=FLAGS.batch_size,
+        gradient_accumulation_steps=FLAGS.gradient_accumulation_steps)
     strategy_lib.per_replica_batch_size(FLAGS.batch_size, strategy.num_replicas_in_sync,
                                         "batch_size")
     vocab = FLAGS.vocab or data.default_vocab_path()

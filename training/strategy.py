@@ -1,8 +1,10 @@
 """Picks the `tf.distribute` strategy of a training job and says why in the log.
 
-`--strategy=auto` prefers, in order: Graphcore IPUs (when `tensorflow.python.ipu` is
-importable), TPUs already visible to this process, every visible GPU (`MirroredStrategy`),
-several logical CPU devices when `--num_cpu_devices > 1`, and otherwise the default strategy.
+`--strategy=auto` prefers, in order: TPUs already visible to this process, every visible GPU
+(`MirroredStrategy`), several logical CPU devices when `--num_cpu_devices > 1`, and otherwise
+the default strategy. It never picks IPUs: an IPU job needs its pipeline layout
+(`--ipu_*` flags) and Graphcore's TensorFlow 2.6 wheel, which cannot run this project's
+TensorFlow 2.21 / Keras 3 models (ipu/strategy.py), so `--strategy=ipu` is always explicit.
 
 Logical CPU devices (`--num_cpu_devices`) exist to exercise `MirroredStrategy` on a CPU-only
 machine. TensorFlow fixes its device list when the runtime initialises, so `create_strategy`
@@ -14,6 +16,7 @@ TPU set-up never waits on the network: a missing TPU is reported within seconds 
 
 import json
 import os
+import re
 import socket
 import threading
 from typing import Any, Dict, Optional, Tuple
@@ -33,11 +36,11 @@ _TF_CONFIG_EXAMPLE = (
 
 
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS):
-    """Defines --strategy, --tpu and --num_cpu_devices on `flag_values`."""
+    """Defines --strategy, --tpu, --num_cpu_devices and the --ipu_* layout on `flag_values`."""
     flags.DEFINE_enum(
         "strategy", "auto", STRATEGIES,
-        "Distribution strategy. auto: IPU if Graphcore's TensorFlow is installed, else visible "
-        "TPUs, else all GPUs (mirrored), else the default strategy.", flag_values=flag_values)
+        "Distribution strategy. auto: visible TPUs, else all GPUs (mirrored), else the default "
+        "strategy; ipu must be asked for (with the --ipu_* flags).", flag_values=flag_values)
     flags.DEFINE_string(
         "tpu", None,
         "TPU to use with --strategy=tpu: 'local' on a TPU VM, grpc://HOST:PORT for a TPU node, "
@@ -46,11 +49,83 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS):
         "num_cpu_devices", 1,
         "Split the CPU into this many logical devices so --strategy=mirrored runs several "
         "replicas without accelerators (for testing).", lower_bound=1, flag_values=flag_values)
+    flags.DEFINE_integer(
+        "ipu_layers_per_stage", None,
+        "--strategy=ipu: encoder layers per pipeline stage (one IPU each); must divide the "
+        "model's num_layers. Default: all layers on one IPU (no pipelining).", lower_bound=1,
+        flag_values=flag_values)
+    flags.DEFINE_integer(
+        "ipu_replication_factor", 1,
+        "--strategy=ipu: data-parallel copies of the pipeline; replicas x stages IPUs, a power "
+        "of two.", lower_bound=1, flag_values=flag_values)
+    flags.DEFINE_integer(
+        "ipu_micro_batch_size", None,
+        "--strategy=ipu: sequences per pipeline micro-batch. The optimizer step's --batch_size "
+        "x --gradient_accumulation_steps sequences are then accumulated over micro-batches. "
+        "Default: --batch_size / --ipu_replication_factor.", lower_bound=1,
+        flag_values=flag_values)
+    flags.DEFINE_string(
+        "ipu_precision", "fp16",
+        "--strategy=ipu: compute precision, fp16 (the reference recipe) or fp32.",
+        flag_values=flag_values)
+    flags.DEFINE_float(
+        "ipu_loss_scaling", 512.0, "--strategy=ipu: static loss scale (fp16).",
+        flag_values=flag_values)
+
+
+# How IpuTrainingConfig's fields (named in its errors) are set from the command line.
+_IPU_FIELD_SOURCES = {
+    "layers_per_stage": "--ipu_layers_per_stage",
+    "replication_factor": "--ipu_replication_factor",
+    "micro_batch_size": "--ipu_micro_batch_size",
+    "precision": "--ipu_precision",
+    "loss_scaling": "--ipu_loss_scaling",
+    "num_layers": "the model's num_layers",
+    "global batch size": "--batch_size x --gradient_accumulation_steps",
+    "gradient_accumulation_count": (
+        "the micro-batches per step (--batch_size x --gradient_accumulation_steps / "
+        "(--ipu_micro_batch_size x --ipu_replication_factor))"),
+}
+_IPU_FIELD_PATTERN = re.compile(r"\b(" + "|".join(_IPU_FIELD_SOURCES) + r")\b")
+
+
+def ipu_config_from_flags(flag_values: flags.FlagValues, num_layers: int, batch_size: int,
+                          gradient_accumulation_steps: int = 1):
+    """The `ipu.IpuTrainingConfig` of the --ipu_* flags for a model of `num_layers`.
+
+    An optimizer step covers `--batch_size x --gradient_accumulation_steps` sequences on IPUs
+    as on other devices. Errors name the flags, not IpuTrainingConfig's fields.
+    """
+    from ipu import IpuTrainingConfig
+
+    replicas = flag_values.ipu_replication_factor
+    micro_batch_size = flag_values.ipu_micro_batch_size or max(1, batch_size // replicas)
+    try:
+        return IpuTrainingConfig.from_global_batch(
+            batch_size * gradient_accumulation_steps, micro_batch_size,
+            replication_factor=replicas, num_layers=num_layers,
+            layers_per_stage=flag_values.ipu_layers_per_stage or num_layers,
+            precision=flag_values.ipu_precision, loss_scaling=flag_values.ipu_loss_scaling)
+    except ValueError as error:
+        message = _IPU_FIELD_PATTERN.sub(lambda m: _IPU_FIELD_SOURCES[m.group(1)], str(error))
+        raise ValueError(f"--strategy=ipu: {message}") from error
 
 
 def strategy_from_flags(flag_values: flags.FlagValues = flags.FLAGS,
-                        ipu_config=None) -> Tuple[tf.distribute.Strategy, str]:
-    """`create_strategy` with the values of the flags from `define_flags`."""
+                        num_layers: Optional[int] = None, batch_size: Optional[int] = None,
+                        gradient_accumulation_steps: int = 1
+                        ) -> Tuple[tf.distribute.Strategy, str]:
+    """`create_strategy` with the values of the flags from `define_flags`.
+
+    `--strategy=ipu` also needs the model's `num_layers` (the pipeline is cut between layers)
+    and the job's `batch_size` and `gradient_accumulation_steps` (`ipu_config_from_flags`).
+    """
+    ipu_config = None
+    if flag_values.strategy == "ipu":
+        if num_layers is None or batch_size is None:
+            raise TypeError("strategy_from_flags: --strategy=ipu needs num_layers and batch_size")
+        ipu_config = ipu_config_from_flags(flag_values, num_layers, batch_size,
+                                           gradient_accumulation_steps)
     return create_strategy(flag_values.strategy, tpu=flag_values.tpu,
                            num_cpu_devices=flag_values.num_cpu_devices, ipu_config=ipu_config)
 
@@ -93,10 +168,6 @@ def create_strategy(name: str = "auto", tpu: Optional[str] = None, num_cpu_devic
 
 
 def _auto_choice(tpu: Optional[str], num_cpu_devices: int) -> Tuple[str, str]:
-    from ipu import ipu_wheel_available
-
-    if ipu_wheel_available():
-        return "ipu", "auto found Graphcore's IPU TensorFlow (tensorflow.python.ipu)"
     if tpu:
         return "tpu", f"auto with --tpu={tpu}"
     if tf.config.list_logical_devices("TPU"):
@@ -105,7 +176,7 @@ def _auto_choice(tpu: Optional[str], num_cpu_devices: int) -> Tuple[str, str]:
         return "mirrored", "auto found GPU devices"
     if num_cpu_devices > 1:
         return "mirrored", f"auto with --num_cpu_devices={num_cpu_devices}"
-    return "default", "auto found no IPU wheel, TPU or GPU"
+    return "default", "auto found no TPU or GPU"
 
 
 def _default(**_) -> Tuple[tf.distribute.Strategy, str]:
@@ -150,12 +221,18 @@ def _tpu(tpu: Optional[str] = None, **_) -> Tuple[tf.distribute.Strategy, str]:
 
 
 def _ipu(ipu_config=None, **_) -> Tuple[tf.distribute.Strategy, str]:
-    from ipu import check_ipu_stack, create_ipu_strategy
-
-    check_ipu_stack()
+    """The layout is checked first, so a bad --ipu_* flag is reported even without the wheel."""
     if ipu_config is None:
-        raise ValueError("--strategy=ipu needs an ipu.IpuTrainingConfig (pipeline layout).")
-    return create_ipu_strategy(ipu_config), f"IPU, {ipu_config.num_ipus} IPU(s)"
+        raise TypeError("create_strategy('ipu') needs an ipu.IpuTrainingConfig (see "
+                        "ipu_config_from_flags)")
+    from ipu import create_ipu_strategy
+
+    try:
+        strategy = create_ipu_strategy(ipu_config)
+    except ImportError as error:  # A missing or unusable wheel is the user's setup.
+        raise ValueError(str(error)) from error
+    return strategy, (f"IPU, {ipu_config.num_ipus} IPU(s): {ipu_config.replication_factor} "
+                      f"replica(s) x {ipu_config.num_pipeline_stages} pipeline stage(s)")
 
 
 _BUILDERS = {
