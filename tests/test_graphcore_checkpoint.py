@@ -2,16 +2,20 @@
 TF1 checkpoint round trips, optimum-graphcore round trips, the layouts checked against the
 reference's own ops (TF1) or PyTorch semantics (optimum), and error messages."""
 
+import re
+
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from groupbert_tf.checkpoints import (CheckpointError, from_graphcore, from_optimum_graphcore,
+from groupbert_tf.checkpoints import (CheckpointError, GraphcoreLayout, from_graphcore,
+                                      from_optimum_graphcore,
                                       load_graphcore_checkpoint, read_tf1_checkpoint,
                                       save_graphcore_checkpoint, save_tf1_checkpoint,
                                       to_graphcore, to_optimum_graphcore)
 from groupbert_tf.config import GroupBertConfig
-from groupbert_tf.models import GroupBertEncoder, GroupBertPretrainer
+from groupbert_tf.models import (GroupBertClassifier, GroupBertEncoder, GroupBertPretrainer,
+                                 GroupBertSpanLabeler)
 
 SMALL = dict(hidden_size=64, num_layers=2, num_heads=2, intermediate_size=256, vocab_size=50,
              max_position_embeddings=16)
@@ -326,3 +330,168 @@ def test_optimum_errors(pretrainers):
         from_optimum_graphcore(GroupBertPretrainer(small_config()), state)
     with pytest.raises(CheckpointError, match="optimum-graphcore"):
         to_optimum_graphcore(GroupBertEncoder(small_config(use_conv_module=False)))
+
+
+# ---- target layouts (GraphcoreLayout) -----------------------------------------------------------
+
+FUSED_NO_QKV_BIAS = GraphcoreLayout.from_reference_config({})  # the reference's defaults
+
+
+def _zero_query_and_value_biases(model):
+    for variable in model.weights:
+        if variable.path.endswith(("query/bias", "value/bias")):
+            variable.assign(np.zeros(variable.shape, variable.dtype))
+    return model
+
+
+def test_reference_config_defaults_and_groupbert_pretraining_layout(tmp_path):
+    assert FUSED_NO_QKV_BIAS == GraphcoreLayout(
+        use_qkv_split=False, use_qkv_bias=False, use_attention_projection_bias=True,
+        use_prediction_bias=True)
+    # configs/groupbert/pretrain_base_groupbert_128.json sets all four: our default layout.
+    path = tmp_path / "pretrain_base_groupbert_128.json"
+    path.write_text('{"use_qkv_split": true, "use_qkv_bias": true, "use_prediction_bias": true,'
+                    ' "use_attention_projection_bias": true, "groupbert": true}')
+    assert GraphcoreLayout.from_reference_config(str(path)) == GraphcoreLayout()
+    with pytest.raises(ValueError, match=r"x\.json: use_qkv_split must be true or false"):
+        (tmp_path / "x.json").write_text('{"use_qkv_split": "yes"}')
+        GraphcoreLayout.from_reference_config(str(tmp_path / "x.json"))
+
+
+def test_fused_export_round_trip_through_a_tf1_file(tmp_path):
+    # Key biases stay non-zero: softmax ignores them, so leaving them out is exact.
+    source = _zero_query_and_value_biases(randomize(GroupBertPretrainer(small_config()), 7))
+    prefix = str(tmp_path / "fused" / "model.ckpt")
+    save_graphcore_checkpoint(source, prefix, FUSED_NO_QKV_BIAS)
+    listed = dict(tf.train.list_variables(prefix))
+    assert listed["bert/encoder/layer_0/attention/self/kernel/qkv_weight"] == [64, 192]
+    assert not [n for n in listed if re.search(r"self/(query|key|value)/", n)]
+    assert "bert/encoder/layer_1/attention/projection/dense/bias" in listed
+    target = randomize(GroupBertPretrainer(small_config()), 8)
+    load_graphcore_checkpoint(target, prefix)
+    assert_same_outputs(source, target)
+    biases = [{v.path: v.numpy() for v in m.weights}["transformer_layer_0/attention/key/bias"]
+              for m in (source, target)]
+    assert biases[0].any() and not biases[1].any()  # dropped, and the outputs still agree
+
+
+def test_fused_export_refuses_non_zero_query_and_value_biases(pretrainers):
+    with pytest.raises(CheckpointError, match=r"no 4 bias\(es\) that are non-zero.*"
+                                              r"layer_0/attention/self/query/bias"):
+        to_graphcore(pretrainers[0], FUSED_NO_QKV_BIAS)
+    arrays = to_graphcore(pretrainers[0], FUSED_NO_QKV_BIAS, drop_nonzero_biases=True)
+    assert not [n for n in arrays if n.endswith(("query/bias", "key/bias", "value/bias"))]
+    layout = GraphcoreLayout(use_attention_projection_bias=False, use_prediction_bias=False)
+    with pytest.raises(CheckpointError, match=r"no 3 bias\(es\).*layer_0/attention/projection/"
+                                              r"dense/bias.*cls/predictions/output_bias"):
+        to_graphcore(pretrainers[0], layout)
+
+
+def _reference_attention(arrays, layer, x, mask, num_heads):
+    """modeling.py's attention in NumPy: qkv = x @ qkv_weight, split in three along the
+    columns, heads, scaled dot product with the additive mask, projection."""
+    p = f"bert/encoder/layer_{layer}/attention"
+    qkv = x @ arrays[f"{p}/self/kernel/qkv_weight"]
+    batch, length, width = x.shape
+    head = width // num_heads
+    q, k, v = (t.reshape(batch, length, num_heads, head).transpose(0, 2, 1, 3)
+               for t in np.split(qkv, 3, axis=-1))
+    scores = q @ k.transpose(0, 1, 3, 2) / np.sqrt(head)
+    scores = scores + (1.0 - mask[:, None, None, :]) * -10000.0
+    probs = np.exp(scores - scores.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    context = (probs @ v).transpose(0, 2, 1, 3).reshape(batch, length, width)
+    return (context @ arrays[f"{p}/projection/dense/kernel"]
+            + arrays[f"{p}/projection/dense/bias"])
+
+
+def test_numpy_built_fused_checkpoint_imports_to_the_same_attention(tmp_path, pretrainers):
+    split = to_graphcore(_zero_query_and_value_biases(
+        randomize(GroupBertPretrainer(small_config()), 9)))
+    rng = np.random.default_rng(10)
+    fused = {n: a for n, a in split.items() if not re.search(r"self/(query|key|value)/", n)}
+    for i in range(2):
+        fused[f"bert/encoder/layer_{i}/attention/self/kernel/qkv_weight"] = rng.normal(
+            0, 0.1, (64, 192)).astype(np.float32)
+        for j, q in enumerate(("query", "key", "value")):  # the same weights, split
+            split[f"bert/encoder/layer_{i}/attention/self/{q}/kernel"] = fused[
+                f"bert/encoder/layer_{i}/attention/self/kernel/qkv_weight"][:, 64 * j:64 * (j + 1)]
+    save_tf1_checkpoint(fused, str(tmp_path / "fused.ckpt"))
+    save_tf1_checkpoint(split, str(tmp_path / "split.ckpt"))
+    from_fused = load_graphcore_checkpoint(GroupBertPretrainer(small_config()),
+                                           str(tmp_path / "fused.ckpt"))
+    from_split = load_graphcore_checkpoint(GroupBertPretrainer(small_config()),
+                                           str(tmp_path / "split.ckpt"))
+    assert_same_outputs(from_fused, from_split)
+    x = rng.normal(size=(2, 9, 64)).astype(np.float32)
+    mask = inputs()["padding_mask"].astype(np.float32)
+    attention = from_fused.encoder.get_layer("transformer_layer_1").attention
+    np.testing.assert_allclose(np.asarray(attention(x, mask)),
+                               _reference_attention(fused, 1, x, mask, num_heads=2), atol=1e-5)
+
+
+# ---- fine-tuning checkpoints --------------------------------------------------------------------
+
+def _finetuned_names(pretrainer, head):
+    """A reference GLUE or SQuAD model's variables: the encoder, fused QKV, its own head."""
+    arrays = {n: a for n, a in to_graphcore(pretrainer.encoder, FUSED_NO_QKV_BIAS,
+                                            drop_nonzero_biases=True).items()}
+    rng = np.random.default_rng(11)
+    pooler = {w: arrays.pop(f"bert/pooler/dense/{w}") for w in ("kernel", "bias")}
+    if head == "glue":
+        arrays.update({f"glue_loss/pooler/dense/{w}": a for w, a in pooler.items()})
+        arrays["glue_loss/output_weights"] = rng.normal(size=(3, 64)).astype(np.float16)
+        arrays["glue_loss/output_bias"] = rng.normal(size=3).astype(np.float16)
+    else:
+        arrays["cls/squad/output_weights"] = rng.normal(size=(2, 64)).astype(np.float32)
+        arrays["cls/squad/output_bias"] = rng.normal(size=2).astype(np.float32)
+    return arrays
+
+
+def test_glue_checkpoint_imports_pooler_and_classifier(tmp_path, pretrainers):
+    arrays = _finetuned_names(pretrainers[0], "glue")
+    save_tf1_checkpoint(arrays, str(tmp_path / "glue.ckpt"))
+    classifier = load_graphcore_checkpoint(GroupBertClassifier(small_config(), num_labels=3),
+                                           str(tmp_path / "glue.ckpt"))
+    weights = {v.path: v.numpy() for v in classifier.weights}
+    np.testing.assert_array_equal(weights["pooler/kernel"], arrays["glue_loss/pooler/dense/kernel"])
+    np.testing.assert_array_equal(weights["classifier/kernel"],
+                                  arrays["glue_loss/output_weights"].astype(np.float32).T)
+    x = encoder_inputs(inputs())
+    hidden = np.asarray(classifier.encoder(x)["sequence_output"])[:, 0]
+    pooled = np.tanh(hidden @ arrays["glue_loss/pooler/dense/kernel"]
+                     + arrays["glue_loss/pooler/dense/bias"])
+    expected = (pooled @ arrays["glue_loss/output_weights"].astype(np.float32).T
+                + arrays["glue_loss/output_bias"].astype(np.float32))
+    np.testing.assert_allclose(np.asarray(classifier(x)["logits"]), expected, atol=1e-4)
+    # The same encoder lands in a bare encoder, whose pooler is the GLUE one.
+    encoder = from_graphcore(GroupBertEncoder(small_config()), arrays)
+    np.testing.assert_array_equal(encoder.pooler.kernel.numpy(),
+                                  arrays["glue_loss/pooler/dense/kernel"])
+    with pytest.raises(CheckpointError, match=r"glue_loss/output_weights: shape \(3, 64\)"):
+        from_graphcore(GroupBertClassifier(small_config(), num_labels=2), arrays)
+
+
+def test_squad_checkpoint_imports_span_head_and_keeps_the_pooler(tmp_path, pretrainers, caplog):
+    arrays = _finetuned_names(pretrainers[0], "squad")
+    save_tf1_checkpoint(arrays, str(tmp_path / "squad.ckpt"))
+    labeler = GroupBertSpanLabeler(small_config())
+    initial_pooler = labeler.encoder.pooler.kernel.numpy()
+    with caplog.at_level("WARNING"):
+        load_graphcore_checkpoint(labeler, str(tmp_path / "squad.ckpt"))
+    assert "squad.ckpt has no pooler weights" in caplog.text
+    np.testing.assert_array_equal(labeler.encoder.pooler.kernel.numpy(), initial_pooler)
+    x = encoder_inputs(inputs())
+    hidden = np.asarray(labeler.encoder(x)["sequence_output"])
+    logits = hidden @ arrays["cls/squad/output_weights"].T + arrays["cls/squad/output_bias"]
+    out = labeler(x)
+    real = x["padding_mask"].astype(bool)
+    np.testing.assert_allclose(np.asarray(out["start_logits"])[real], logits[..., 0][real],
+                               atol=1e-4)
+    np.testing.assert_allclose(np.asarray(out["end_logits"])[real], logits[..., 1][real],
+                               atol=1e-4)
+    # A classifier from a SQuAD checkpoint: the encoder loads, pooler and head are new.
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        from_graphcore(GroupBertClassifier(small_config()), arrays, source="squad")
+    assert "squad has no classifier or pooler weights" in caplog.text

@@ -8,8 +8,11 @@
 2. The PyTorch port in `huggingface/optimum-graphcore` (`optimum/graphcore/models/groupbert/`):
    `to_optimum_graphcore` / `from_optimum_graphcore` (state-dict names, (out, in) kernels).
 
-Both accept a `GroupBertEncoder` (backbone names only) or a `GroupBertPretrainer` (plus the
-MLM and NSP heads). Imports check every name and shape first and assign nothing on error.
+The TF1 names accept a `GroupBertEncoder` (backbone names only), a `GroupBertPretrainer`
+(plus the MLM and NSP heads), a `GroupBertClassifier` (GLUE names) or a `GroupBertSpanLabeler`
+(SQuAD names); optimum-graphcore the first two. Imports check every name and shape first and
+assign nothing on error. Exports write the optional parameters of a `GraphcoreLayout`, which
+should be read from the target run's config (`GraphcoreLayout.from_reference_config`).
 
 Reference names and layouts: where they come from
 --------------------------------------------------
@@ -28,14 +31,21 @@ rewrites these exact names; Graphcore TF's `ipu.normalization_ops` for gamma/bet
   .../feed_forward_{1,2}/output/dense/kernel [I/G, N]: a grouped conv1d filter (in-channels
       per group x all out-channels; out-channel block g reads input block g), bias [N]
   .../feed_forward_{1,2}/output/mixer/dense/{kernel,bias}   (only when groups > 1)
-  .../attention/self/{query,key,value}/kernel (use_qkv_split=True; the GroupBERT configs set
-      it) or .../attention/self/kernel/qkv_weight [N, 3N] (use_qkv_split=False; read only),
-      .../attention/self/{query,key,value}/bias (only with use_qkv_bias)
+  .../attention/self/{query,key,value}/kernel (use_qkv_split=True; the GroupBERT pre-training
+      configs set it) or .../attention/self/kernel/qkv_weight [N, 3N] = [Wq | Wk | Wv] along
+      the columns (use_qkv_split=False: options.py's default, so the GroupBERT *_adam, GLUE and
+      SQuAD configs, which do not set it), .../attention/self/{query,key,value}/bias (only
+      with use_qkv_bias, default false; the key bias is not trainable there, always 0)
   .../attention/projection/dense/{kernel,bias}  (NOT attention/output/dense: the reference
       calls the output projection "projection")
   LayerNorm/{gamma,beta}  the final LayerNorm (created outside the `bert` scope; convert_ckpt
       maps `GroupNorm*` at the root to `bert/encoder/post_layers/`)
-  bert/pooler/dense/{kernel,bias}
+  bert/pooler/dense/{kernel,bias} (pre-training); glue_loss/pooler/dense/{kernel,bias} (GLUE,
+      whose pooler is built inside its head scope, so a GLUE run starts it from its init);
+      none in a SQuAD model
+  glue_loss/output_weights [L, N] (transposed vs ours), glue_loss/output_bias [L] (GLUE;
+      regression has L = 1); cls/squad/output_weights [2, N] (row 0 start, row 1 end),
+      cls/squad/output_bias [2] (SQuAD)
   cls/predictions/transform/dense/{kernel,bias}, cls/predictions/transform/LayerNorm/...
       (use_cls_layer), cls/predictions/output_bias (use_prediction_bias)
   cls/seq_relationship/output_weights [2, N] (transposed vs ours), cls/seq_relationship/output_bias
@@ -46,7 +56,8 @@ Inferred (consistent with the code, not observed in a real checkpoint file): tha
 attention biases); the BERT-baseline names (`attention/projection/LayerNorm`,
 `output/LayerNorm`) used for `layer_structure='bert'` models.
 Optional parameters: the reference can switch off QKV biases, the attention-projection bias
-and the MLM output bias; when absent on import they are set to zero (exact). The MLM
+and the MLM output bias; when absent on import they are set to zero (exact); on export to a
+layout without them, non-zero ones (but the key bias, which softmax ignores) are an error. The MLM
 transform (`use_cls_layer=False`) has no equivalent in our head and is an error.
 
 optimum-graphcore (verified in groupbert_convolution.py, groupbert_ffn.py,
@@ -65,6 +76,9 @@ groupbert_attention.py, modeling_groupbert.py):
   cls.seq_relationship (BertForPreTraining heads).
 """
 
+import dataclasses
+import json
+import logging
 import os
 import re
 from typing import Dict, List
@@ -118,10 +132,26 @@ def _ffn_rules_tf(config, ours, theirs):
     return rules
 
 
-def _attention_rules_tf(ours, theirs):
-    rules = []
-    for name in ("query", "key", "value"):
-        rules.append(one(f"{ours}/{name}/kernel", f"{theirs}/self/{name}/kernel"))
+def _fuse_qkv(query, key, value):
+    """The reference's `qkv_weight` [N, 3N]: x @ qkv_weight split in three along the columns
+    gives Q, K, V (modeling.py `tf.split(qkv, [N] * 3, axis=-1)`)."""
+    return (np.concatenate([query, key, value], axis=1),)
+
+
+def _split_qkv(fused):
+    if fused.ndim != 2 or fused.shape[1] != 3 * fused.shape[0]:
+        raise ValueError(f"qkv_weight shape {fused.shape} is not [N, 3N]")
+    return tuple(np.split(fused, 3, axis=1))
+
+
+def _attention_rules_tf(ours, theirs, fused_qkv=False):
+    names = ("query", "key", "value")
+    if fused_qkv:
+        rules = [Rule(tuple(f"{ours}/{q}/kernel" for q in names),
+                      (f"{theirs}/self/kernel/qkv_weight",), _fuse_qkv, _split_qkv)]
+    else:
+        rules = [one(f"{ours}/{q}/kernel", f"{theirs}/self/{q}/kernel") for q in names]
+    for name in names:
         rules.append(one(f"{ours}/{name}/bias", f"{theirs}/self/{name}/bias", if_missing="zeros"))
     rules += _dense_tf(f"{ours}/output", f"{theirs}/projection/dense", bias_if_missing="zeros")
     return rules
@@ -136,9 +166,28 @@ def _glu_from_tf(kv, bv, kg, bg):
     return np.concatenate([kv, kg], axis=-1), np.concatenate([bv, bg], axis=-1)
 
 
-def graphcore_rules(model) -> List[Rule]:
-    """Rules between our weights and Graphcore's TF1 reference names."""
+def _encoder_and_head(model):
+    """(encoder, head): head is None (an encoder), 'pretrainer', 'classifier' or 'span_head'."""
+    from groupbert_tf.models import GroupBertClassifier, GroupBertSpanLabeler
+
+    if isinstance(model, GroupBertClassifier):
+        return model.encoder, "classifier"
+    if isinstance(model, GroupBertSpanLabeler):
+        return model.encoder, "span_head"
     encoder, pretrainer = split_model(model)
+    return encoder, "pretrainer" if pretrainer is not None else None
+
+
+def _pooler_name(head):
+    """The reference's GLUE model builds its pooler inside `glue_loss` (modeling.py
+    get_glue_output_layer); pre-training puts it at `bert/pooler`; SQuAD has none."""
+    return "glue_loss/pooler/dense" if head == "classifier" else "bert/pooler/dense"
+
+
+def graphcore_rules(model, fused_qkv: bool = False) -> List[Rule]:
+    """Rules between our weights and Graphcore's TF1 reference names (`use_qkv_split=True`
+    names, or the fused `qkv_weight` of `use_qkv_split=False` with `fused_qkv`)."""
+    encoder, head = _encoder_and_head(model)
     config = encoder.config
     rules = [
         one("embeddings/word_embeddings/embeddings", "bert/embeddings/word_embeddings"),
@@ -167,7 +216,7 @@ def graphcore_rules(model) -> List[Rule]:
                 rules += _norm_tf(f"{ours}/{ffn}_norm", f"{theirs}/{ffn}/prenorm/LayerNorm")
                 rules += _ffn_rules_tf(config, f"{ours}/{ffn}", f"{theirs}/{ffn}")
             rules += _norm_tf(f"{ours}/attention_norm", f"{theirs}/attention/prenorm/LayerNorm")
-            rules += _attention_rules_tf(f"{ours}/attention", f"{theirs}/attention")
+            rules += _attention_rules_tf(f"{ours}/attention", f"{theirs}/attention", fused_qkv)
         rules += _norm_tf("final_layer_norm", "LayerNorm")
     else:
         if (config.norm_placement != "post" or config.use_conv_module or config.ffn_groups != 1):
@@ -176,13 +225,23 @@ def graphcore_rules(model) -> List[Rule]:
                                   "reference names")
         for i in range(config.num_layers):
             ours, theirs = f"transformer_layer_{i}", f"bert/encoder/layer_{i}"
-            rules += _attention_rules_tf(f"{ours}/attention", f"{theirs}/attention")
+            rules += _attention_rules_tf(f"{ours}/attention", f"{theirs}/attention", fused_qkv)
             rules += _norm_tf(f"{ours}/attention_norm", f"{theirs}/attention/projection/LayerNorm")
             rules += _dense_tf(f"{ours}/feed_forward/intermediate", f"{theirs}/intermediate/dense")
             rules += _dense_tf(f"{ours}/feed_forward/output", f"{theirs}/output/dense")
             rules += _norm_tf(f"{ours}/feed_forward_norm", f"{theirs}/output/LayerNorm")
-    rules += _dense_tf("pooler", "bert/pooler/dense")
-    if pretrainer is not None:
+    # Optional on import: a SQuAD model has no pooler (and the pooler is then left as it is).
+    rules += [one(f"pooler/{w}", f"{_pooler_name(head)}/{w}", if_missing="keep")
+              for w in ("kernel", "bias")]
+    if head == "classifier":  # modeling.py get_glue_output_layer / get_glue_regression_layer
+        rules += [one("classifier/kernel", "glue_loss/output_weights", transpose, transpose,
+                      if_missing="keep"),
+                  one("classifier/bias", "glue_loss/output_bias", if_missing="keep")]
+    elif head == "span_head":  # modeling.py squad_head: logits [..., 0] start, [..., 1] end
+        rules += [one("span_head/kernel", "cls/squad/output_weights", transpose, transpose,
+                      if_missing="keep"),
+                  one("span_head/bias", "cls/squad/output_bias", if_missing="keep")]
+    elif head == "pretrainer":
         rules += _dense_tf("mlm_head/transform", "cls/predictions/transform/dense")
         rules += _norm_tf("mlm_head/layer_norm", "cls/predictions/transform/LayerNorm")
         rules.append(one("mlm_head/output_bias", "cls/predictions/output_bias",
@@ -193,40 +252,126 @@ def graphcore_rules(model) -> List[Rule]:
     return rules
 
 
-def _normalize_graphcore(arrays: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
-    """Fused QKV kernels and vocab-split embeddings -> the split/unsplit names we write."""
+_POOLER_NAMES = ("bert/pooler/dense", "glue_loss/pooler/dense")
+
+
+def _normalize_graphcore(arrays: Dict[str, np.ndarray], pooler: str) -> Dict[str, np.ndarray]:
+    """Vocab-split embeddings -> one table; the other model's pooler name -> `pooler`."""
     arrays = dict(arrays)
-    for name in [n for n in arrays if n.endswith("/attention/self/kernel/qkv_weight")]:
-        base = name[:-len("kernel/qkv_weight")]
-        if any(f"{base}{q}/kernel" in arrays for q in ("query", "key", "value")):
-            raise CheckpointError(f"Both {name} and split query/key/value kernels are present")
-        fused = arrays.pop(name)
-        if fused.ndim != 2 or fused.shape[1] % 3:
-            raise CheckpointError(f"{name}: shape {fused.shape} is not [N, 3N]")
-        for q, part in zip(("query", "key", "value"), np.split(fused, 3, axis=1)):
-            arrays[f"{base}{q}/kernel"] = part
     split = sorted((n for n in arrays if re.fullmatch(r"bert/embeddings/s\d+/word_embeddings", n)),
                    key=lambda n: int(n.split("/")[2][1:]))
     if split:
         if "bert/embeddings/word_embeddings" in arrays:
             raise CheckpointError("Both split (s0, s1, ...) and unsplit word embeddings are present")
         arrays["bert/embeddings/word_embeddings"] = np.concatenate([arrays.pop(n) for n in split])
+    present = [name for name in _POOLER_NAMES if f"{name}/kernel" in arrays]
+    if len(present) > 1:
+        raise CheckpointError(f"Two poolers are present ({' and '.join(present)}); keep one")
+    if present and present[0] != pooler:
+        for weight in ("kernel", "bias"):
+            arrays[f"{pooler}/{weight}"] = arrays.pop(f"{present[0]}/{weight}")
     return arrays
 
 
-def to_graphcore(model) -> Dict[str, np.ndarray]:
-    """{Graphcore reference name: array} of a GroupBertEncoder or GroupBertPretrainer."""
-    return export_arrays(model, graphcore_rules(model))
+@dataclasses.dataclass(frozen=True)
+class GraphcoreLayout:
+    """Which optional parameters the target reference run has: its BertConfig flags.
+
+    The defaults write everything our model has, under the split names: the layout of the
+    reference's GroupBERT pre-training configs (e.g. pretrain_base_groupbert_128.json).
+    `from_reference_config` reads a run's config JSON, with the reference's defaults
+    (options.py) for absent keys: fused QKV without biases, projection and MLM biases on.
+    """
+
+    use_qkv_split: bool = True
+    use_qkv_bias: bool = True
+    use_attention_projection_bias: bool = True
+    use_prediction_bias: bool = True
+
+    @classmethod
+    def from_reference_config(cls, path_or_dict) -> "GraphcoreLayout":
+        values = path_or_dict
+        if not isinstance(values, dict):
+            try:
+                with open(path_or_dict, encoding="utf-8") as f:
+                    values = json.load(f)
+            except (OSError, json.JSONDecodeError) as error:
+                raise ValueError(f"reference config {path_or_dict}: {error}") from error
+        fields = {"use_qkv_split": False, "use_qkv_bias": False,
+                  "use_attention_projection_bias": True, "use_prediction_bias": True}
+        for name in fields:
+            value = values.get(name, fields[name])
+            if not isinstance(value, bool):
+                raise ValueError(f"reference config {path_or_dict}: {name} must be true or "
+                                 f"false, got {value!r}")
+            fields[name] = value
+        return cls(**fields)
+
+    def absent_names(self) -> List[str]:
+        """Regular expressions of the reference names this layout does not have."""
+        patterns = []
+        if not self.use_qkv_bias:
+            patterns.append(r"/attention/self/(query|key|value)/bias$")
+        if not self.use_attention_projection_bias:
+            patterns.append(r"/attention/projection/dense/bias$")
+        if not self.use_prediction_bias:
+            patterns.append(r"^cls/predictions/output_bias$")
+        return patterns
+
+
+# A key bias adds q . b_k to every score of a query: softmax ignores it, so it drops exactly.
+_EXACTLY_DROPPED = re.compile(r"/attention/self/key/bias$")
+
+
+def to_graphcore(model, layout: GraphcoreLayout = GraphcoreLayout(),
+                 drop_nonzero_biases: bool = False) -> Dict[str, np.ndarray]:
+    """{Graphcore reference name: array} of an encoder, pretrainer, classifier or span labeler.
+
+    `layout` (see `GraphcoreLayout.from_reference_config`) must match the run that reads the
+    checkpoint: the reference skips names it does not know, so a mismatch leaves those
+    weights at their random init without an error. Biases the layout lacks are left out;
+    if any is non-zero (the key bias excepted: dropping it is exact) the export is refused,
+    as the reference would compute something else, unless `drop_nonzero_biases`.
+    """
+    arrays = export_arrays(model, graphcore_rules(model, fused_qkv=not layout.use_qkv_split))
+    absent = [re.compile(p) for p in layout.absent_names()]
+    dropped = sorted(n for n in arrays if any(p.search(n) for p in absent))
+    nonzero = [n for n in dropped if np.any(arrays[n]) and not _EXACTLY_DROPPED.search(n)]
+    if nonzero and not drop_nonzero_biases:
+        raise CheckpointError(
+            f"The target layout has no {len(nonzero)} bias(es) that are non-zero in this model "
+            f"({', '.join(nonzero[:4])}{' ...' if len(nonzero) > 4 else ''}); the reference "
+            "would compute a different function. Export to a layout with these biases "
+            "(use_qkv_bias / use_attention_projection_bias / use_prediction_bias = true), or "
+            "pass drop_nonzero_biases=True to leave them out anyway.")
+    for name in dropped:
+        del arrays[name]
+    return arrays
 
 
 def from_graphcore(model, arrays: Dict[str, np.ndarray], source: str = "Graphcore arrays",
                    strict: bool = True):
-    """Loads reference-named arrays into `model`. `cls/*` heads are ignored for an encoder;
-    other unused names are an error when `strict`."""
-    encoder, pretrainer = split_model(model)
-    ignore = [r"^cls/"] if pretrainer is None else []
-    import_arrays(model, graphcore_rules(model), _normalize_graphcore(arrays), source,
-                  ignore=ignore, strict=strict)
+    """Loads reference-named arrays (split or fused QKV) into `model`.
+
+    Heads the model does not have are ignored (`cls/*`, `glue_loss/*` for an encoder); other
+    unused names are an error when `strict`. Absent QKV, projection or MLM biases load as
+    zeros (exact). A pooler, classifier or span head absent from the checkpoint (a SQuAD
+    model has no pooler; a pre-training one has no task head) keeps its current values,
+    and a warning says so.
+    """
+    _, head = _encoder_and_head(model)
+    arrays = _normalize_graphcore(arrays, _pooler_name(head))
+    fused = any(name.endswith("/attention/self/kernel/qkv_weight") for name in arrays)
+    rules = graphcore_rules(model, fused_qkv=fused)
+    ignore = {None: [r"^cls/", r"^glue_loss/"], "pretrainer": [r"^glue_loss/"],
+              "classifier": [r"^cls/"], "span_head": [r"^cls/(predictions|seq_relationship)/",
+                                                       r"^glue_loss/"]}[head]
+    used = set(import_arrays(model, rules, arrays, source, ignore=ignore, strict=strict))
+    kept = sorted({rule.ours[0].split("/")[0] for rule in rules
+                   if rule.if_missing == "keep" and not used.issuperset(rule.theirs)})
+    if kept:
+        logging.warning("%s has no %s weights: the model's stay at their current (initial) "
+                        "values.", source, " or ".join(kept))
     return model
 
 
@@ -274,9 +419,11 @@ def read_tf1_checkpoint(path, include_optimizer: bool = False) -> Dict[str, np.n
     return out
 
 
-def save_graphcore_checkpoint(model, path) -> str:
-    """`model`'s weights under Graphcore's reference names, as a TF1 checkpoint."""
-    return save_tf1_checkpoint(to_graphcore(model), path)
+def save_graphcore_checkpoint(model, path, layout: GraphcoreLayout = GraphcoreLayout(),
+                              drop_nonzero_biases: bool = False) -> str:
+    """`model`'s weights under Graphcore's reference names (`to_graphcore`), as a TF1
+    checkpoint."""
+    return save_tf1_checkpoint(to_graphcore(model, layout, drop_nonzero_biases), path)
 
 
 def load_graphcore_checkpoint(model, path, strict: bool = True):
