@@ -1,7 +1,7 @@
 """Serving throughput of exported SavedModels: GroupBERT vs BERT, loaded as TF Serving loads them.
 
 Exports `groupbert-<size>` and `bert-<size>` pre-training models (random weights; speed does not
-depend on them) with `groupbert_tf.export.export_pretraining_model`, or takes existing exports
+depend on them) with `groupbert_tf.export.export_saved_model`, or takes existing exports
 (`--groupbert_dir`, `--bert_dir`: a version folder). Each is loaded with `tf.saved_model.load`
 (after `import tensorflow_text`, as TF Serving links the tensorflow-text ops) and called through
 its signatures, as a server does:
@@ -35,7 +35,7 @@ from groupbert_tf.config import GroupBertConfig
 
 def export(family, size, vocab, export_root, seq_length):
     import keras
-    from groupbert_tf.export import export_pretraining_model
+    from groupbert_tf.export import export_saved_model
     from groupbert_tf.models.pretrainer import GroupBertPretrainer
     keras.utils.set_random_seed(0)
     config = GroupBertConfig.from_preset(f"{family}-{size}")
@@ -44,7 +44,7 @@ def export(family, size, vocab, export_root, seq_length):
            "segment_ids": np.zeros((1, seq_length), "int32"),
            "padding_mask": np.ones((1, seq_length), "int32"),
            "masked_lm_positions": np.zeros((1, 1), "int32")})
-    return export_pretraining_model(model, vocab, os.path.join(export_root, f"{family}-{size}"),
+    return export_saved_model(model, vocab, os.path.join(export_root, f"{family}-{size}"),
                                     seq_length=seq_length)
 
 

@@ -137,7 +137,7 @@ def export_random_classifier(preset, export_root, vocab, seq_length):
                 keras.utils.set_random_seed(0)
                 model = GroupBertClassifier(GroupBertConfig.from_preset(preset), num_labels=2,
                                             dropout=0.0)
-            export.export_saved_model(model, vocab, os.path.dirname(path), "classification",
+            export.export_saved_model(model, vocab, os.path.dirname(path),
                                       seq_length=seq_length, version=1, compute_dtype=dtype)
         paths[dtype] = path
     return paths

@@ -10,15 +10,18 @@ Signatures (see docs/serving.md):
   `segment_ids`, `padding_mask` [batch, seq_length].
 - `serve_text_pair`: `text_a`, `text_b` tf.string [batch] -> the same, packed as
   `[CLS] a [SEP] b [SEP]` (BERT longest-first truncation).
-- `serving_default`: `serve_text` for the pretraining and classification tasks,
-  `serve_text_pair` for span (question, context).
+- `serving_default`: the text signature of the task's `serving_text_inputs`
+  (`serve_text`; `serve_text_pair` for span: question, context).
 - `serve_token_ids`: int32 `token_ids`, `segment_ids`, `padding_mask` [batch, seq] (any seq up
   to `max_position_embeddings`) -> task outputs.
 - `serve_examples`: `examples` tf.string [batch] of serialized `tf.Example`s with int64
   features `input_ids`, `input_mask`, `segment_ids` of length `seq_length` (the names of the
   BERT TFRecords that training/tfrecord.py reads) -> task outputs.
 
-The span task's text signatures also return `token_start_offsets` / `token_end_offsets`
+Outputs are the task's `serving_outputs` (groupbert_tf/models: pre-training `sequence_output`,
+`pooled_output`, `nsp_probabilities`; classification `logits`, `probabilities`; span
+`start_logits`, `end_logits`; a bare encoder its two outputs). The text signatures of tasks
+with `serving_offsets` (span) also return `token_start_offsets` / `token_end_offsets`
 (int64 [batch, seq_length]): byte offsets [start, end) of each word piece in the text of its
 segment (`segment_ids` says which: 0 = text_a, 1 = text_b), -1 on [CLS], [SEP] and padding.
 
@@ -50,30 +53,15 @@ import tensorflow as tf
 import tensorflow_text as tf_text
 
 from groupbert_tf import serving_warmup, tokenization
-from groupbert_tf.models.encoder import ENCODER_INPUTS
+from groupbert_tf.models.encoder import ENCODER_INPUTS, GroupBertEncoder
+from groupbert_tf.models.task import Task
 
 # The tf.Example feature names of each encoder input (Google BERT's TFRecord names).
 EXAMPLE_FEATURES = {"token_ids": "input_ids", "segment_ids": "segment_ids",
                     "padding_mask": "input_mask"}
 
-# Outputs each task's model must return (extra outputs of the model are exported too).
-TASK_OUTPUTS = {
-    "pretraining": ("sequence_output", "pooled_output"),
-    "encoder": ("sequence_output", "pooled_output"),
-    "classification": ("logits", "probabilities"),
-    "span": ("start_logits", "end_logits"),
-}
-# The text signature `serving_default` points to.
-DEFAULT_TEXT_SIGNATURE = {
-    "pretraining": "serve_text",
-    "encoder": "serve_text",
-    "classification": "serve_text",
-    "span": "serve_text_pair",
-}
 SIGNATURES = ("serving_default", "serve_text", "serve_text_pair", "serve_token_ids",
               "serve_examples")
-# Inputs of each text signature (serving_default is one of them).
-TEXT_INPUTS = {"serve_text": ("text_a",), "serve_text_pair": ("text_a", "text_b")}
 # compute_dtype -> the Keras dtype policy the exported model runs under.
 COMPUTE_DTYPE_POLICIES = {"float32": "float32", "bfloat16": "bfloat16"}
 # Batch sizes of the warmup requests; equal to `allowed_batch_sizes` in
@@ -116,31 +104,37 @@ class ServingModule(tf.__internal__.tracking.AutoTrackable):
     `variables` properties would flatten the whole object graph on each visit.
 
     Args:
-      model: the trackable object that owns the variables (a Keras model).
+      model: a task (groupbert_tf.models.task.Task: its `serving_outputs`,
+        `serving_text_inputs` and `serving_offsets` say what is served) or a bare
+        GroupBertEncoder (its two outputs, on `text_a`).
       vocab_path: WordPiece vocab file; copied into the SavedModel's assets.
-      task: a key of TASK_OUTPUTS.
       seq_length: packed length of the text signatures (and of `serve_examples`).
-      max_length: the longest sequence `serve_token_ids` accepts (position embeddings).
-      outputs_fn: `outputs_fn(inputs) -> dict of tensors`; default `model(inputs,
-        training=False)`.
+      max_length: the longest sequence `serve_token_ids` accepts (default: the model's
+        `max_position_embeddings`).
       lower_case: the tokenizer's lower-casing.
-      type_vocab_size: segment ids must be below it (the model's segment embeddings).
     """
 
-    def __init__(self, model, vocab_path, task, seq_length=128, max_length=None,
-                 outputs_fn=None, lower_case=True, type_vocab_size=2):
+    def __init__(self, model, vocab_path, seq_length=128, max_length=None, lower_case=True):
         super().__init__()
-        if task not in TASK_OUTPUTS:
-            raise ValueError(f"task must be one of {sorted(TASK_OUTPUTS)}, got {task!r}")
+        if isinstance(model, Task):
+            self._outputs_fn = model.serving_outputs
+            self.text_inputs = model.serving_text_inputs
+            self.offsets = model.serving_offsets
+        elif isinstance(model, GroupBertEncoder):
+            self._outputs_fn = lambda inputs: model(inputs, training=False)
+            self.text_inputs, self.offsets = ("text_a",), False
+        else:
+            raise TypeError(f"export takes a groupbert_tf task or a GroupBertEncoder, got "
+                            f"{type(model).__name__}")
+        max_length = max_length or model.config.max_position_embeddings
         if seq_length < 3:
             raise ValueError(f"seq_length={seq_length}: needs at least 3 ([CLS] a [SEP])")
         if max_length is not None and seq_length > max_length:
             raise ValueError(f"seq_length={seq_length} exceeds the model's "
                              f"max_position_embeddings={max_length}")
-        self.task = task
         self.seq_length = int(seq_length)
-        self.max_length = int(max_length or seq_length)
-        self.type_vocab_size = int(type_vocab_size)
+        self.max_length = int(max_length)
+        self.type_vocab_size = int(model.config.type_vocab_size)
         # Track the model's variables, not the Keras model itself: saving a Keras object
         # would also trace and save every layer's own functions (slow, and not served).
         # The tf.Variables under Keras variables: TF1-style loaders (TF Serving's C++ loader,
@@ -148,10 +142,9 @@ class ServingModule(tf.__internal__.tracking.AutoTrackable):
         # tf.Variables; a Keras variable wrapper left them uninitialized there.
         self.model_variables = [v.value if isinstance(v, keras.Variable) else v
                                 for v in model.variables]
-        self._outputs_fn = outputs_fn or (lambda inputs: model(inputs, training=False))
         self.vocab_file = tf.saved_model.Asset(vocab_path)
         self.tokenizer = tokenization.BertTokenizer(vocab_path, lower_case=lower_case)
-        if task == "span":
+        if self.offsets:
             # A second word-piece tokenizer, over the asset, that also returns offsets.
             self._offset_table = tf.lookup.StaticHashTable(
                 tf.lookup.TextFileInitializer(
@@ -190,8 +183,7 @@ class ServingModule(tf.__internal__.tracking.AutoTrackable):
         text = self.function("serve_text").get_concrete_function()
         pair = self.function("serve_text_pair").get_concrete_function()
         return {
-            "serving_default": pair if DEFAULT_TEXT_SIGNATURE[self.task] == "serve_text_pair"
-            else text,
+            "serving_default": pair if len(self.text_inputs) == 2 else text,
             "serve_text": text,
             "serve_text_pair": pair,
             "serve_token_ids": self.function("serve_token_ids").get_concrete_function(),
@@ -201,19 +193,8 @@ class ServingModule(tf.__internal__.tracking.AutoTrackable):
     # -- the model ---------------------------------------------------------------------------
 
     def run_model(self, inputs):
-        """Encoder input dict -> the task's outputs (float32), checked by name."""
-        outputs = self._outputs_fn(inputs)
-        if not isinstance(outputs, dict):
-            raise TypeError(f"the {self.task} model must return a dict of tensors, "
-                            f"got {type(outputs).__name__}")
-        outputs = {name: _float32(value) for name, value in outputs.items()}
-        if (self.task == "classification" and "probabilities" not in outputs
-                and "logits" in outputs):
-            outputs["probabilities"] = tf.nn.softmax(outputs["logits"], axis=-1)
-        missing = [name for name in TASK_OUTPUTS[self.task] if name not in outputs]
-        if missing:
-            raise ValueError(f"the {self.task} model's outputs {sorted(outputs)} lack "
-                             f"{missing}")
+        """Encoder input dict -> the task's serving outputs (float32)."""
+        outputs = {name: _float32(value) for name, value in self._outputs_fn(inputs).items()}
         clash = [name for name in outputs if name in ENCODER_INPUTS]
         if clash:
             raise ValueError(f"model outputs {clash} clash with the packed-input outputs")
@@ -226,7 +207,7 @@ class ServingModule(tf.__internal__.tracking.AutoTrackable):
                                      self.seq_length)
         outputs = dict(self.run_model(packed))
         outputs.update(packed)
-        if self.task == "span":
+        if self.offsets:
             outputs.update(self._packed_offsets(texts, packed))
         return outputs
 
@@ -369,7 +350,9 @@ def with_compute_dtype(model, compute_dtype):
     policy = COMPUTE_DTYPE_POLICIES[compute_dtype]
     if model.dtype_policy.name == policy:
         return model
-    clone = type(model).from_config({**model.get_config(), "dtype": policy})
+    config = {**model.get_config(), "dtype": policy}
+    config.pop("preprocessor", None)  # Serving tokenizes in the SavedModel's own graph.
+    clone = type(model).from_config(config)
     paths, clone_paths = [v.path for v in model.weights], [v.path for v in clone.weights]
     if paths != clone_paths:
         raise ValueError(f"{type(model).__name__} rebuilt under {policy} has other weights "
@@ -378,38 +361,27 @@ def with_compute_dtype(model, compute_dtype):
     return clone
 
 
-def export_saved_model(task_model, vocab_path, export_dir, task, seq_length=128, version=None,
-                       outputs_fn=None, max_length=None, lower_case=True,
-                       compute_dtype="float32", warmup_batch_sizes=WARMUP_BATCH_SIZES):
-    """Writes `task_model` as a TF Serving SavedModel; returns `<export_dir>/<version>`.
+def export_saved_model(model, vocab_path, export_dir, seq_length=128, version=None,
+                       max_length=None, lower_case=True, compute_dtype="float32",
+                       warmup_batch_sizes=WARMUP_BATCH_SIZES):
+    """Writes a task (or a bare encoder) as a TF Serving SavedModel; returns
+    `<export_dir>/<version>`.
 
     Args:
-      task_model: a Keras model whose call takes the encoder input dict (`token_ids`,
-        `segment_ids`, `padding_mask`, int32 [batch, seq]) and returns a dict of tensors holding
-        at least `TASK_OUTPUTS[task]` (classification: `probabilities` is added as the softmax
-        of `logits` when missing). Every output is exported (floats as float32).
+      model: a groupbert_tf task (its `serving_outputs` are exported, floats as float32) or
+        a GroupBertEncoder (`sequence_output`, `pooled_output`).
       vocab_path: the WordPiece vocab the model was trained with (shipped in `assets/`).
       export_dir: the model's folder; the version is a sub-folder.
-      task: "pretraining", "encoder", "classification" or "span".
       seq_length: packed sequence length of the text and tf.Example signatures.
       version: integer version (default: next free integer, 1 for a new folder). An existing
         version is not overwritten.
-      outputs_fn: optional `fn(inputs) -> dict` used instead of `task_model(inputs)`;
-        `task_model` must then own the variables it uses.
       max_length: the longest sequence `serve_token_ids` accepts (default: the model config's
-        `max_position_embeddings` when it has one, else `seq_length`).
+        `max_position_embeddings`).
       compute_dtype: "float32" or "bfloat16" (`with_compute_dtype`; outputs stay float32).
-        With `outputs_fn`, build it from `with_compute_dtype(task_model, compute_dtype)`.
       warmup_batch_sizes: batch sizes of the `serving_default` requests written to
         `assets.extra/tf_serving_warmup_requests` (empty: no warmup file).
     """
-    model = with_compute_dtype(task_model, compute_dtype)
-    if outputs_fn is not None and model is not task_model:
-        raise ValueError(f"outputs_fn was built from a {task_model.dtype_policy.name} model: "
-                         f"build it from export.with_compute_dtype(model, {compute_dtype!r})")
-    config = getattr(model, "config", None)
-    if max_length is None:
-        max_length = getattr(config, "max_position_embeddings", None)
+    model = with_compute_dtype(model, compute_dtype)
     if not os.path.isfile(vocab_path):
         raise FileNotFoundError(f"Vocab file not found: {vocab_path}")
     version = next_version(export_dir) if version is None else int(version)
@@ -418,9 +390,8 @@ def export_saved_model(task_model, vocab_path, export_dir, task, seq_length=128,
     path = os.path.join(export_dir, str(version))
     if tf.io.gfile.exists(path):
         raise FileExistsError(f"{path} exists: pick another version or leave it to default")
-    module = ServingModule(model, vocab_path, task, seq_length=seq_length,
-                           max_length=max_length, outputs_fn=outputs_fn, lower_case=lower_case,
-                           type_vocab_size=getattr(config, "type_vocab_size", 2))
+    module = ServingModule(model, vocab_path, seq_length=seq_length, max_length=max_length,
+                           lower_case=lower_case)
     tf.io.gfile.makedirs(export_dir)
     staging = os.path.join(export_dir, f".tmp-{version}-{uuid.uuid4().hex[:8]}")
     try:
@@ -428,42 +399,10 @@ def export_saved_model(task_model, vocab_path, export_dir, task, seq_length=128,
                             options=tf.saved_model.SaveOptions(experimental_custom_gradients=False))
         if warmup_batch_sizes:
             serving_warmup.write_warmup_requests(
-                staging, TEXT_INPUTS[DEFAULT_TEXT_SIGNATURE[task]], warmup_batch_sizes,
+                staging, module.text_inputs, warmup_batch_sizes,
                 model_name=os.path.basename(os.path.normpath(export_dir)))
         tf.io.gfile.rename(staging, path)
     finally:
         if tf.io.gfile.exists(staging):
             shutil.rmtree(staging, ignore_errors=True)
     return path
-
-
-def pretraining_outputs_fn(pretrainer):
-    """Serving outputs of a GroupBertPretrainer: encoder outputs and NSP probabilities."""
-
-    def outputs_fn(inputs):
-        encoded = pretrainer.encoder(inputs, training=False)
-        nsp_logits = pretrainer.nsp_head(encoded["pooled_output"])
-        return {
-            "sequence_output": encoded["sequence_output"],
-            "pooled_output": encoded["pooled_output"],
-            # Index 0 = IsNext, 1 = NotNext (the pre-training labels).
-            "nsp_probabilities": tf.nn.softmax(tf.cast(nsp_logits, tf.float32), axis=-1),
-        }
-
-    return outputs_fn
-
-
-def export_pretraining_model(model, vocab_path, export_dir, seq_length=128, version=None,
-                             compute_dtype="float32", warmup_batch_sizes=WARMUP_BATCH_SIZES):
-    """Exports a GroupBertPretrainer (or PretrainingModel) with task "pretraining".
-
-    Outputs: `sequence_output` [batch, seq, hidden], `pooled_output` [batch, hidden],
-    `nsp_probabilities` [batch, 2]. A bare GroupBertEncoder exports its two outputs.
-    Returns the version folder written.
-    """
-    model = with_compute_dtype(model, compute_dtype)
-    outputs_fn = pretraining_outputs_fn(model) if hasattr(model, "nsp_head") else None
-    return export_saved_model(model, vocab_path, export_dir, "pretraining",
-                              seq_length=seq_length, version=version, outputs_fn=outputs_fn,
-                              compute_dtype=compute_dtype,
-                              warmup_batch_sizes=warmup_batch_sizes)

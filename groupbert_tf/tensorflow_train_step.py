@@ -1,4 +1,5 @@
-"""The TensorFlow train step: XLA forward and backward per replica, optimizer outside XLA.
+"""The TensorFlow train step of every task (models/task.py): XLA forward and backward per
+replica, optimizer outside XLA.
 
 Keras' whole-step XLA (`jit_compile=True`) cannot run with more than one replica on CPU
 (XLA has no CPU collectives, and mirrored variables live on other devices). Compiling only
@@ -40,7 +41,8 @@ def group_micro_batches(dataset, steps):
 
 
 class XlaGradientsTrainStep:
-    """Mixin for a task model that defines `loss_counts(y)` and `loss_sums(y, y_pred)`.
+    """The train step `groupbert_tf.models.task.Task` takes on the TensorFlow backend; the
+    task defines `loss_counts(y)` and `loss_sums(y, y_pred)`.
 
     Loss terms are per-replica sums divided by *global* counts (all-reduced before the XLA
     call), so R replicas reproduce one replica on the global batch exactly.
@@ -52,9 +54,12 @@ class XlaGradientsTrainStep:
     micro-batches equal one batch N times as large.
     """
 
-    def compile(self, *args, jit_compile=True, gradient_accumulation_steps=1, **kwargs):
-        """`jit_compile` here means: XLA-compile the loss and gradients."""
+    def compile(self, *args, jit_compile="auto", gradient_accumulation_steps=1, **kwargs):
+        """`jit_compile` here means: XLA-compile the loss and gradients ("auto": yes; the
+        whole step never is, see above)."""
+        jit_compile = True if jit_compile == "auto" else jit_compile
         super().compile(*args, jit_compile=False, **kwargs)
+        self._compile_config.config["jit_compile"] = jit_compile  # What a reload recompiles.
         self.gradient_accumulation_steps = gradient_accumulation_steps
         self._loss_and_gradients = tf.function(
             self._compute_loss_and_gradients, jit_compile=bool(jit_compile),

@@ -4,6 +4,7 @@ Fixtures:
   tiny_config        -> callable(preset="groupbert", **overrides): a tiny, fast GroupBertConfig
   make_inputs        -> callable(...): encoder input dict with right padding
   run_layer_test     -> callable(...): the one generic layer check (see `run_layer_test` below)
+  run_task_test      -> callable(...): the one generic task check (see `run_task_test` below)
   np_ref             -> `NumpyReference`: float64 numpy re-implementations used as oracles
   randomize_weights  -> callable(layer, scale, seed): random values in every variable
   repad              -> callable(inputs, extra): more padding, new ids at padded positions
@@ -63,6 +64,39 @@ def tiny_config(family="groupbert", **overrides):
 
     name = family if "-" in family else f"{family}-tiny"
     return GroupBertConfig.from_preset(name, **{**TINY, **overrides})
+
+
+# The vocab of a separable sentiment task: "the film was good great ." is positive.
+CLASS_VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "good", "great", "bad", "awful",
+               "film", "the", "a", "was", "plot", "."]
+
+
+def write_sentiment(path, n, seed):
+    """`n` TSV rows of that task (two words of one polarity each), with a header."""
+    rng = np.random.default_rng(seed)
+    lines = ["sentence\tlabel"]
+    for _ in range(n):
+        positive = bool(rng.integers(2))
+        words = rng.choice(["good", "great"] if positive else ["bad", "awful"], 2)
+        lines.append(f"the {rng.choice(['film', 'plot'])} was {' '.join(words)} .\t"
+                     f"{'pos' if positive else 'neg'}")
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+def sentiment_settings(tmp_path, **changes):
+    """`FinetuneSettings` of a tiny model on that task, 256 training and 40 dev rows written
+    to `tmp_path` (a few seconds an epoch); `changes` replace any field."""
+    from training import finetune
+
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(CLASS_VOCAB) + "\n")
+    values = dict(task="classification", train_file=write_sentiment(tmp_path / "train.tsv", 256, 0),
+                  eval_file=write_sentiment(tmp_path / "dev.tsv", 40, 1),
+                  model_dir=str(tmp_path / "run"), config=tiny_config(vocab_size=len(CLASS_VOCAB)),
+                  vocab=str(vocab), epochs=2, batch_size=16, seq_length=12, learning_rate=5e-3,
+                  precision="float32", compile_mode="graph", verbose=0)
+    return finetune.FinetuneSettings(**{**values, **changes})
 
 
 def make_inputs(batch=2, seq=10, vocab=TINY["vocab_size"], lengths=None, seed=0,
@@ -381,6 +415,65 @@ def run_layer_test(layer_cls, init_kwargs, call_args, call_kwargs=None, *,
     return layer
 
 
+def run_task_test(task_cls, init_kwargs, x, y, *, expected_output_shapes, tmp_path,
+                  raw_text=None):
+    """The one generic task check (keras-hub's `run_task_test`). Builds
+    `task_cls(**init_kwargs)` and checks:
+
+    - its outputs on `x` have `expected_output_shapes` ({name: shape}), all float32;
+    - `get_config` is complete and chained (name, trainable, dtype policy, every constructor
+      argument): `from_config` rebuilds a task with the same config and the same weights;
+    - `compile()` with its defaults and one epoch of `fit(x, y)` give a finite loss and move
+      every trainable weight that has a gradient on this batch;
+    - `.keras` save and `keras.saving.load_model` give identical predictions (the vocabulary
+      travels with the preprocessor) and the compiled optimizer comes back;
+    - `raw_text=(texts, labels)`: `fit` on the raw strings runs, and `predict` on them equals
+      `predict` on the preprocessor's packed ids.
+    Returns the trained task.
+    """
+    task = task_cls(**init_kwargs)
+    outputs = task(x)
+    assert {name: tuple(value.shape) for name, value in outputs.items()} == \
+        {name: tuple(shape) for name, shape in expected_output_shapes.items()}
+    assert all(keras.backend.standardize_dtype(value.dtype) == "float32"
+               for value in outputs.values())
+
+    config = task.get_config()
+    assert {"name", "trainable", "dtype", "config"} <= set(config)
+    rebuilt = task_cls.from_config(config)
+    rebuilt_config = rebuilt.get_config()
+    assert {k: v for k, v in rebuilt_config.items() if k != "preprocessor"} == \
+        {k: v for k, v in config.items() if k != "preprocessor"}
+    assert [w.path for w in rebuilt.weights] == [w.path for w in task.weights]
+
+    task.compile(jit_compile=False)  # The XLA step has tests of its own; this keeps it short.
+    before = [np.array(w) for w in task.trainable_weights]
+    history = task.fit(x, y, batch_size=len(next(iter(x.values()))), epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+    moved = [not np.array_equal(b, np.array(w)) for b, w in zip(before, task.trainable_weights)]
+    assert sum(moved) >= len(moved) // 2, f"only {sum(moved)} of {len(moved)} weights moved"
+
+    path = str(tmp_path / "task.keras")
+    task.save(path)
+    loaded = keras.saving.load_model(path)
+    expected = task.predict(x, verbose=0)
+    got = loaded.predict(x, verbose=0)
+    for name in expected:
+        np.testing.assert_array_equal(expected[name], got[name])
+    assert loaded.compiled and type(loaded.optimizer) is type(task.optimizer)
+
+    if raw_text is not None:
+        texts, labels = raw_text
+        task.fit(texts, labels, batch_size=2, epochs=1, verbose=0)
+        packed = task.preprocessor(texts)
+        from_text = task.predict(texts, batch_size=len(texts), verbose=0)
+        from_ids = task.predict({k: np.asarray(v) for k, v in packed.items()}, verbose=0)
+        for name in from_ids:
+            np.testing.assert_allclose(from_text[name], from_ids[name], atol=1e-6)
+        assert loaded.preprocessor.vocabulary == task.preprocessor.vocabulary
+    return task
+
+
 def randomize_weights(layer, scale=0.2, seed=0):
     """Overwrites every variable (biases, LayerNorm gamma/beta included) with random values, so
     reference comparisons cannot pass thanks to zero biases or unit gammas."""
@@ -415,6 +508,11 @@ def _repad_fixture():
 @pytest.fixture(name="run_layer_test")
 def _run_layer_test_fixture():
     return run_layer_test
+
+
+@pytest.fixture(name="run_task_test")
+def _run_task_test_fixture():
+    return run_task_test
 
 
 @pytest.fixture(name="randomize_weights")

@@ -41,10 +41,10 @@ RUN_TIMEOUT_S = 420
 WRAPPER = """
 import os, runpy, sys
 import numpy as np
-import training.train_step
+import groupbert_tf.tensorflow_train_step
 from training import trainer
 if os.environ.get("DISABLE_MULTI_WORKER_WORKAROUND"):
-    training.train_step.MULTI_WORKER_WORKAROUND = False
+    groupbert_tf.tensorflow_train_step.MULTI_WORKER_WORKAROUND = False
 _pretrain = trainer.pretrain
 def pretrain(*args, **kwargs):
     model, *rest = _pretrain(*args, **kwargs)

@@ -46,14 +46,14 @@ def vocab():
 @pytest.fixture(scope="module")
 def pretrainer():
     keras.utils.set_random_seed(7)
-    from training.trainer import PretrainingModel  # pylint: disable=import-outside-toplevel
-    return PretrainingModel(config=_tiny_config())
+    from groupbert_tf.models import GroupBertPretrainer
+    return GroupBertPretrainer(config=_tiny_config())
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory, pretrainer, vocab):
     export_dir = str(tmp_path_factory.mktemp("saved_models") / "tiny")
-    return export.export_pretraining_model(pretrainer, vocab, export_dir, seq_length=SEQ)
+    return export.export_saved_model(pretrainer, vocab, export_dir, seq_length=SEQ)
 
 
 def _reference(pretrainer, tokenizer, text_a, text_b=None):
@@ -155,10 +155,9 @@ def test_next_version_and_no_overwrite(tmp_path, pretrainer, vocab):
         (tmp_path / name).mkdir()
     assert export.next_version(str(tmp_path)) == 8
     with pytest.raises(FileExistsError):
-        export.export_pretraining_model(pretrainer, vocab, str(tmp_path), seq_length=SEQ,
-                                        version=7)
-    with pytest.raises(ValueError, match="task must be one of"):
-        export.export_saved_model(pretrainer, vocab, str(tmp_path), "translation")
+        export.export_saved_model(pretrainer, vocab, str(tmp_path), seq_length=SEQ, version=7)
+    with pytest.raises(TypeError, match="export takes a groupbert_tf task or a GroupBertEncoder"):
+        export.ServingModule(keras.Sequential([keras.layers.Dense(2)]), vocab)
 
 
 def test_fresh_process_imports_only_tensorflow(fresh):
@@ -273,8 +272,7 @@ def test_no_forced_xla_function(exported, tmp_path):
 
 @pytest.fixture(scope="module")
 def module(pretrainer, vocab):
-    return export.ServingModule(pretrainer, vocab, "pretraining", seq_length=SEQ, max_length=64,
-                                outputs_fn=export.pretraining_outputs_fn(pretrainer))
+    return export.ServingModule(pretrainer, vocab, seq_length=SEQ, max_length=64)
 
 
 @hypothesis.settings(max_examples=6, deadline=None, derandomize=True,
@@ -294,12 +292,12 @@ def test_property_random_unicode_text(module, texts):
         assert np.all(np.isfinite(outputs[name].numpy()))
 
 
-def test_cli_restores_checkpoint_and_exports(tmp_path, vocab, monkeypatch):
+def test_cli_restores_checkpoint_and_exports(tmp_path, vocab):
     """`python -m training.export` logic: newest checkpoint of <model_dir>/checkpoints."""
     from training import export as export_cli  # pylint: disable=import-outside-toplevel
-    from training.trainer import PretrainingModel  # pylint: disable=import-outside-toplevel
+    from groupbert_tf.models import GroupBertPretrainer
     config = _tiny_config()
-    model = PretrainingModel(config=config)
+    model = GroupBertPretrainer(config=config)
     tf.train.Checkpoint(model=model).save(str(tmp_path / "run" / "checkpoints" / "ckpt"))
     restored, path = export_cli.restore_model("pretraining", config, str(tmp_path / "run"))
     assert path.endswith("ckpt-1")
@@ -314,22 +312,25 @@ def test_cli_restores_checkpoint_and_exports(tmp_path, vocab, monkeypatch):
         export_cli.restore_model("pretraining", config, str(tmp_path / "empty"))
     with pytest.raises(ValueError, match="--task must be one of"):
         export_cli.restore_model("translation", config, str(tmp_path / "run"))
-    # The export itself is the library function tested above.
-    calls = {}
-    monkeypatch.setattr(export, "export_pretraining_model",
-                        lambda m, v, d, **kw: calls.update(model=m, vocab=v, dir=d, **kw) or d)
-    assert export_cli.export_from_checkpoint(
+    # The export serves the restored weights, with the vocab and length asked for.
+    written = export_cli.export_from_checkpoint(
         str(tmp_path / "run"), config, "pretraining", str(tmp_path / "out"), vocab=vocab,
-        seq_length=SEQ) == str(tmp_path / "out")
-    assert calls["seq_length"] == SEQ and calls["vocab"] == vocab
+        seq_length=SEQ)
+    assert written == str(tmp_path / "out" / "1")
+    serve = tf.saved_model.load(written).signatures["serving_default"]
+    outputs = serve(text_a=tf.constant(TEXTS[:2]))
+    reference = _reference(model, tokenization.BertTokenizer(vocab), TEXTS[:2])
+    np.testing.assert_array_equal(outputs["token_ids"].numpy(), reference["token_ids"])
+    np.testing.assert_allclose(outputs["pooled_output"].numpy(), reference["pooled_output"],
+                               atol=1e-5)
 
 
 @pytest.mark.slow
 def test_cli_end_to_end(tmp_path, vocab):
-    from training.trainer import PretrainingModel  # pylint: disable=import-outside-toplevel
+    from groupbert_tf.models import GroupBertPretrainer
     config = _tiny_config()
     (tmp_path / "config.json").write_text(config.to_json())
-    model = PretrainingModel(config=config)
+    model = GroupBertPretrainer(config=config)
     tf.train.Checkpoint(model=model).save(str(tmp_path / "run" / "checkpoints" / "ckpt"))
     code, output = _run([sys.executable, "-m", "training.export",
                          f"--model_dir={tmp_path / 'run'}", f"--config={tmp_path / 'config.json'}",
@@ -347,7 +348,7 @@ def test_cli_end_to_end(tmp_path, vocab):
 def test_span_offsets_map_word_pieces_back_to_the_text(vocab):
     from groupbert_tf.models.span_labeler import GroupBertSpanLabeler  # pylint: disable=import-outside-toplevel
     model = GroupBertSpanLabeler(config=_tiny_config(), dropout=0.0)
-    module = export.ServingModule(model, vocab, "span", seq_length=SEQ, max_length=64)
+    module = export.ServingModule(model, vocab, seq_length=SEQ, max_length=64)
     texts = TEXTS + PAIRS_B + ["Ὀδυσσεύς and the final sigma: λόγος.", "zero\u200bwidth soft\u00ad",
                                "R″ and 3\u00a0km", b"bad \xff bytes", ""]
     raw = [t if isinstance(t, bytes) else t.encode("utf-8") for t in texts]

@@ -11,12 +11,9 @@ import tensorflow as tf
 from groupbert_tf import GroupBertClassifier, GroupBertSpanLabeler
 from groupbert_tf.models.encoder import GroupBertEncoder
 from groupbert_tf.models.span_labeler import PADDING_LOGIT
-from tests.conftest import make_inputs, tiny_config
+from tests.conftest import CLASS_VOCAB, make_inputs, sentiment_settings, tiny_config
 from tests.test_squad import SQUAD_TINY, squad_vocab
 from training import finetune
-
-CLASS_VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "good", "great", "bad", "awful",
-               "film", "the", "a", "was", "plot", "."]
 
 
 def test_classifier_outputs_and_loss_terms():
@@ -62,9 +59,9 @@ def test_task_model_config_round_trip():
 
 
 def test_init_checkpoint_restores_encoder_and_sets_dropout(tmp_path):
-    from training.trainer import PretrainingModel
+    from groupbert_tf.models import GroupBertPretrainer
     config = tiny_config(vocab_size=len(CLASS_VOCAB))
-    pretrainer = PretrainingModel(config=config)
+    pretrainer = GroupBertPretrainer(config=config)
     manager = tf.train.CheckpointManager(tf.train.Checkpoint(model=pretrainer),
                                          str(tmp_path / "run" / "checkpoints"), max_to_keep=1)
     manager.save(checkpoint_number=7)
@@ -87,29 +84,9 @@ def test_with_dropout_keeps_weights():
                                encoder(inputs)["pooled_output"], atol=1e-6)
 
 
-def _write_sentiment(path, n, seed):
-    rng = np.random.default_rng(seed)
-    lines = ["sentence\tlabel"]
-    for _ in range(n):
-        positive = bool(rng.integers(2))
-        words = rng.choice(["good", "great"] if positive else ["bad", "awful"], 2)
-        lines.append(f"the {rng.choice(['film', 'plot'])} was {' '.join(words)} .\t"
-                     f"{'pos' if positive else 'neg'}")
-    path.write_text("\n".join(lines) + "\n")
-    return str(path)
-
-
 @pytest.mark.slow
 def test_tiny_classification_learns_a_separable_task(tmp_path):
-    vocab = tmp_path / "vocab.txt"
-    vocab.write_text("\n".join(CLASS_VOCAB) + "\n")
-    settings = finetune.FinetuneSettings(
-        task="classification", train_file=_write_sentiment(tmp_path / "train.tsv", 256, 0),
-        eval_file=_write_sentiment(tmp_path / "dev.tsv", 40, 1), model_dir=str(tmp_path / "run"),
-        config=tiny_config(vocab_size=len(CLASS_VOCAB)), vocab=str(vocab), epochs=2,
-        batch_size=16, seq_length=12, learning_rate=5e-3, precision="float32",
-        compile_mode="graph", verbose=0,
-        export_dir=str(tmp_path / "export"))
+    settings = sentiment_settings(tmp_path, export_dir=str(tmp_path / "export"))
     summary = finetune.run(settings)
     assert summary["labels"] == ["neg", "pos"]
     assert summary["best"] == 1.0, summary["history"]

@@ -2,6 +2,7 @@
 refused without --overwrite_best, and --init_checkpoint takes the pre-training run's
 recorded config (no --config)."""
 
+import dataclasses
 import json
 import os
 
@@ -9,10 +10,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.conftest import tiny_config
-from tests.test_finetune import CLASS_VOCAB, _write_sentiment
+from tests.conftest import CLASS_VOCAB, sentiment_settings, tiny_config
 from training import finetune, run_folder
-from training.trainer import PretrainingModel
+from groupbert_tf.models import GroupBertPretrainer
 
 
 def _files(folder):
@@ -22,20 +22,12 @@ def _files(folder):
 
 @pytest.mark.slow
 def test_a_worse_rerun_keeps_the_best_and_another_task_needs_overwrite_best(tmp_path):
-    vocab = tmp_path / "vocab.txt"
-    vocab.write_text("\n".join(CLASS_VOCAB) + "\n")
-    train = _write_sentiment(tmp_path / "train.tsv", 256, 0)
-    dev = _write_sentiment(tmp_path / "dev.tsv", 40, 1)
-    model_dir = str(tmp_path / "run")
+    first = sentiment_settings(tmp_path)
+    train, dev, model_dir = first.train_file, first.eval_file, first.model_dir
     best_dir = os.path.join(model_dir, "best")
 
     def settings(**changes):
-        values = dict(task="classification", train_file=train, eval_file=dev,
-                      model_dir=model_dir, config=tiny_config(vocab_size=len(CLASS_VOCAB)),
-                      vocab=str(vocab), epochs=2, batch_size=16, seq_length=12,
-                      learning_rate=5e-3, precision="float32",
-                      compile_mode="graph", verbose=0)
-        return finetune.FinetuneSettings(**{**values, **changes})
+        return dataclasses.replace(first, **changes)
 
     good = finetune.run(settings())
     assert good["best"] >= 0.9 and not good["best_from_previous_run"], good["history"]
@@ -75,7 +67,7 @@ def test_a_worse_rerun_keeps_the_best_and_another_task_needs_overwrite_best(tmp_
 
 def test_init_checkpoint_reads_the_recorded_config(tmp_path):
     config = tiny_config(vocab_size=len(CLASS_VOCAB), num_layers=1)
-    pretrainer = PretrainingModel(config=config)
+    pretrainer = GroupBertPretrainer(config=config)
     run = tmp_path / "pretrain"
     tf.train.CheckpointManager(tf.train.Checkpoint(model=pretrainer), str(run / "checkpoints"),
                                max_to_keep=1).save(checkpoint_number=3)

@@ -272,9 +272,9 @@ def test_unknown_optimizer_is_rejected():
 def test_model_variables_excluded_are_exactly_biases_and_layernorms(tiny_config):
     """The name-based exclusion must catch every LayerNorm and bias of the real model,
     and nothing else (no kernels or embeddings)."""
-    from training.trainer import PretrainingModel
+    from groupbert_tf.models import GroupBertPretrainer
 
-    model = PretrainingModel(config=tiny_config())
+    model = GroupBertPretrainer(config=tiny_config())
     assert model.trainable_variables
     optimizer = create_optimizer("adamw", 0.1)
     optimizer.build(model.trainable_variables)

@@ -23,7 +23,9 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, te
 from google.protobuf import wrappers_pb2
 
 from groupbert_tf import export, serving_client, serving_warmup, tokenization
+from groupbert_tf.models import GroupBertPretrainer
 from tests.test_export import SEQ, TEXTS, _reference, _tiny_config
+from tests.test_export import pretrainer, vocab  # noqa: F401  (the export tests' fixtures)
 
 prediction_log_pb2 = pytest.importorskip("tensorflow_serving.apis.prediction_log_pb2")
 from tensorflow_serving.apis import predict_pb2  # noqa: E402  pylint: disable=wrong-import-position
@@ -36,23 +38,9 @@ MATMUL_OPS = ("MatMul", "BatchMatMulV2", "BatchMatMulV3", "Einsum")
 
 
 @pytest.fixture(scope="module")
-def vocab():
-    from training import data  # pylint: disable=import-outside-toplevel
-    data.fetch()
-    return data.default_vocab_path()
-
-
-@pytest.fixture(scope="module")
-def pretrainer():
-    keras.utils.set_random_seed(11)
-    from training.trainer import PretrainingModel  # pylint: disable=import-outside-toplevel
-    return PretrainingModel(config=_tiny_config())
-
-
-@pytest.fixture(scope="module")
 def exports(tmp_path_factory, pretrainer, vocab):
     root = tmp_path_factory.mktemp("serving")
-    return {dtype: export.export_pretraining_model(pretrainer, vocab, str(root / dtype),
+    return {dtype: export.export_saved_model(pretrainer, vocab, str(root / dtype),
                                                    seq_length=SEQ, compute_dtype=dtype)
             for dtype in ("float32", "bfloat16")}
 
@@ -252,7 +240,7 @@ def test_warmup_records_parse_and_replay(served, exports, pretrainer, vocab):
 
 
 def test_warmup_file_written_only_when_asked(tmp_path, pretrainer, vocab):
-    path = export.export_pretraining_model(pretrainer, vocab, str(tmp_path / "m"),
+    path = export.export_saved_model(pretrainer, vocab, str(tmp_path / "m"),
                                            seq_length=SEQ, warmup_batch_sizes=())
     assert not os.path.exists(os.path.join(path, "assets.extra"))
 
@@ -322,14 +310,12 @@ def test_hostile_inputs_get_invalid_argument_errors_naming_the_input(served):
 
 def test_checks_hold_in_process_too(pretrainer, vocab):
     """The value checks traced into a tf.function (no SavedModel round trip)."""
-    module = export.ServingModule(pretrainer, vocab, "pretraining", seq_length=SEQ,
-                                  max_length=64, type_vocab_size=1,
-                                  outputs_fn=export.pretraining_outputs_fn(pretrainer))
+    one_segment = GroupBertPretrainer(config=_tiny_config().replace(type_vocab_size=1))
+    module = export.ServingModule(one_segment, vocab, seq_length=SEQ, max_length=64)
     ids = tf.ones([1, 4], tf.int32)
     serve = module.function("serve_token_ids")
     serve(ids, 0 * ids, ids)
-    # The bound is the one given, not a constant: segment 1 is fine for the model's embedding
-    # table of 2 but not for type_vocab_size=1.
+    # The bound is the model's, not a constant: segment 1 is out of a table of 1.
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"in \[0, type_vocab_size=1\)"):
         serve(ids, ids, ids)
 
@@ -354,10 +340,6 @@ def test_with_compute_dtype_equals_mixed_bfloat16(pretrainer):
                                       np.asarray(keras.ops.cast(keras_mixed[name], "float32")))
     with pytest.raises(ValueError, match="compute_dtype must be one of"):
         export.with_compute_dtype(pretrainer, "float16")
-    with pytest.raises(ValueError, match="outputs_fn was built from a float32 model"):
-        export.export_saved_model(pretrainer, "unused", "unused", "pretraining",
-                                  outputs_fn=export.pretraining_outputs_fn(pretrainer),
-                                  compute_dtype="bfloat16")
 
 
 # --- the operator configs in docs/tf_serving -------------------------------------------------

@@ -1,4 +1,4 @@
-"""The train step (training/train_step.py): gradient accumulation, where N micro-batches make
+"""The train step (groupbert_tf/tensorflow_train_step.py): gradient accumulation, where N
 exactly the optimizer step of one batch N times as large, and float16 loss scaling."""
 
 import dataclasses
@@ -7,7 +7,7 @@ import numpy as np
 import tensorflow as tf
 
 from training import performance, trainer
-from training.train_step import group_micro_batches
+from groupbert_tf.tensorflow_train_step import group_micro_batches
 from tests.test_trainer import small_config
 
 SEQ, PREDS, BATCH = 16, 3, 4

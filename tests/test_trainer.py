@@ -20,6 +20,7 @@ import tensorflow as tf
 
 from groupbert_tf import flops
 from groupbert_tf.config import GroupBertConfig
+from groupbert_tf.models import GroupBertPretrainer
 from training import callbacks as training_callbacks
 from training import data, pretraining_data, trainer
 
@@ -250,14 +251,14 @@ def _restored_weights_finite(model_dir):
 
 @pytest.mark.slow
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(wiki_subset, tmp_path, monkeypatch):
-    original = trainer.PretrainingModel.compute_loss
+    original = GroupBertPretrainer.compute_loss
 
     def nan_from_step_3(self, *args, **kwargs):
         loss = original(self, *args, **kwargs)
         bad = tf.cast(self.optimizer.iterations, tf.float32) >= 3.0
         return loss * tf.where(bad, float("nan"), 1.0)
 
-    monkeypatch.setattr(trainer.PretrainingModel, "compute_loss", nan_from_step_3)
+    monkeypatch.setattr(GroupBertPretrainer, "compute_loss", nan_from_step_3)
     with pytest.raises(FloatingPointError) as error:
         _run_pretrain(wiki_subset, tmp_path, checkpoint_every=1)
     message = str(error.value)
@@ -273,7 +274,7 @@ def test_nan_gradient_with_finite_loss_is_never_checkpointed(wiki_subset, tmp_pa
                                                              monkeypatch):
     """An overflowing gradient leaves the loss of its own step finite but the weights NaN:
     the checkpoint of that step must not be written."""
-    original = trainer.PretrainingModel.compute_loss
+    original = GroupBertPretrainer.compute_loss
 
     def nan_gradient_from_step_4(self, *args, **kwargs):
         loss = original(self, *args, **kwargs)
@@ -288,7 +289,7 @@ def test_nan_gradient_with_finite_loss_is_never_checkpointed(wiki_subset, tmp_pa
 
         return loss + zero_with_nan_gradient(self.trainable_variables[0])
 
-    monkeypatch.setattr(trainer.PretrainingModel, "compute_loss", nan_gradient_from_step_4)
+    monkeypatch.setattr(GroupBertPretrainer, "compute_loss", nan_gradient_from_step_4)
     with pytest.raises(FloatingPointError) as error:
         _run_pretrain(wiki_subset, tmp_path, checkpoint_every=2)
     message = str(error.value)

@@ -16,6 +16,8 @@ import os
 import re
 import shutil
 
+import keras
+import numpy as np
 import tensorflow as tf
 from absl import logging
 
@@ -157,3 +159,33 @@ def newest_intact(directory, tidy=False):
         logging.warning("Using %s, the newest readable checkpoint (%d newer one(s) "
                         "unreadable).", chosen, len(broken))
     return chosen
+
+
+def load_weights(model, path, part=None, flag="--init_checkpoint"):
+    """Copies weights only (never optimizer state or step) from checkpoint prefix `path`.
+
+    `part` names a sub-model attribute (e.g. "encoder") to load only that; the rest of
+    `model` keeps its initialisation. Every variable loaded must come from the checkpoint:
+    they are set to NaN first and any still NaN afterwards is named in the error
+    (tf.train.Checkpoint silently skips objects it cannot match). A compiled model is read
+    through an uncompiled twin, so the checkpoint's optimizer slots cannot reach it.
+    """
+    source = model
+    if getattr(model, "optimizer", None) is not None:
+        source = type(model).from_config(model.get_config())
+    target = getattr(source, part) if part else source
+    floating = [v for v in target.weights if v.dtype.startswith(("float", "bfloat"))]
+    for variable in floating:
+        variable.assign(keras.ops.full(variable.shape, np.nan, variable.dtype))
+    try:
+        tf.train.Checkpoint(model=source).read(path).expect_partial()
+    except (ValueError, tf.errors.OpError) as error:
+        raise ValueError(f"{flag} {path}: {str(error).splitlines()[0]}") from None
+    missing = [v.path for v in floating if np.isnan(np.asarray(v.numpy(), np.float32)).any()]
+    if missing:
+        raise ValueError(
+            f"{flag} {path} lacks {len(missing)} of the {len(floating)} "
+            f"{part or type(model).__name__} variables (first: {missing[:3]}); refusing to "
+            "go on from partly random weights")
+    if source is not model:
+        (getattr(model, part) if part else model).set_weights(target.get_weights())

@@ -11,9 +11,8 @@ epoch lives in `<model_dir>/best`, that one when `checkpoints/` has none) or `--
 weights only (`expect_partial`: optimizer slots are skipped), and writes
 `<export_dir>/<version>/` with `groupbert_tf.export` (signatures: docs/serving.md).
 
-Task models come from TASK_MODEL_BUILDERS: `builder(config, model_dir) -> keras.Model` with
-the same variable structure as the model the checkpoint was written from. Register another
-task with `register_task_model(name, builder, output_task)`.
+The task (`--task`, default: the one the run recorded, else pretraining) rebuilds its model
+(training/tasks: the classifier reads its label count from `<model_dir>/labels.txt`).
 """
 
 import os
@@ -24,68 +23,28 @@ from absl import app, flags, logging
 
 from groupbert_tf import export
 from groupbert_tf.config import GroupBertConfig
-from training import cli, flag_checks, run_folder, trainer
+from training import checkpointing, cli, flag_checks, run_folder, tasks, trainer
+from training import settings as settings_lib
 
 FLAGS = flags.FLAGS
 
 
-def _pretraining_model(config, model_dir):
-    del model_dir
-    return trainer.PretrainingModel(config=config)
-
-
-def _num_labels(model_dir):
-    path = os.path.join(model_dir, "labels.txt")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path} not found: the classification export needs the label "
-                                "list that training.finetune writes there")
-    with open(path, encoding="utf-8") as f:
-        return sum(1 for line in f if line.strip())
-
-
-def _classification_model(config, model_dir):
-    # The fine-tuning model class (training.finetune), so checkpoint paths match.
-    from training.finetune import ClassifierModel  # pylint: disable=import-outside-toplevel
-    return ClassifierModel(config=config, num_labels=_num_labels(model_dir), dropout=0.0)
-
-
-def _span_model(config, model_dir):
-    del model_dir
-    from training.finetune import SpanLabelerModel  # pylint: disable=import-outside-toplevel
-    return SpanLabelerModel(config=config, dropout=0.0)
-
-
-# task -> (builder(config, model_dir) -> keras.Model, the export.TASK_OUTPUTS task)
-TASK_MODEL_BUILDERS = {
-    "pretraining": (_pretraining_model, "pretraining"),
-    "classification": (_classification_model, "classification"),
-    "span": (_span_model, "span"),
-}
-
-
-def register_task_model(name, builder, output_task):
-    """Adds a `--task`: `builder(config, model_dir)` builds the model to restore."""
-    if output_task not in export.TASK_OUTPUTS:
-        raise ValueError(f"output_task must be one of {sorted(export.TASK_OUTPUTS)}")
-    TASK_MODEL_BUILDERS[name] = (builder, output_task)
+def recorded_task(model_dir):
+    """The task a run folder recorded (fine-tuning runs record one), else pretraining."""
+    recorded = (run_folder.read_settings(model_dir) or {}).get("settings") or {}
+    return recorded.get("task", "pretraining")
 
 
 def restore_model(task, config, model_dir, checkpoint=None):
     """Builds the task's model and restores its weights; returns (model, checkpoint path)."""
-    if task not in TASK_MODEL_BUILDERS:
-        raise ValueError(f"--task must be one of {sorted(TASK_MODEL_BUILDERS)}, got {task!r}")
-    builder, _ = TASK_MODEL_BUILDERS[task]
-    model = builder(config, model_dir)
-    path = trainer.find_checkpoint(checkpoint or model_dir,
-                                   "--checkpoint" if checkpoint else "--model_dir")
+    model = tasks.get(task).restore_model(config, model_dir)
+    flag = "--checkpoint" if checkpoint else "--model_dir"
+    path = trainer.find_checkpoint(checkpoint or model_dir, flag)
     try:
-        # `read`, not `restore`: no save_counter to match (best/ is written without one).
-        status = tf.train.Checkpoint(model=model).read(path).expect_partial()
-        # Every model variable must come from the checkpoint (optimizer state may be skipped).
-        status.assert_existing_objects_matched()
-    except (AssertionError, ValueError, tf.errors.OpError) as error:
-        raise ValueError(f"checkpoint {path} does not fit a {task} model of this config "
-                         f"({str(error).splitlines()[0]}); is --config the run's?") from None
+        checkpointing.load_weights(model, path, flag=flag)
+    except ValueError as error:
+        raise ValueError(f"{error} (a {task} model of this config: is --task or --config "
+                         "the run's?)") from None
     return model, path
 
 
@@ -112,26 +71,22 @@ def export_from_checkpoint(model_dir, config, task, export_dir, vocab=None, seq_
                            compute_dtype="float32"):
     """Restores a checkpoint and exports it; returns the version folder written.
 
-    `compute_dtype="bfloat16"` serves in bfloat16 (export.with_compute_dtype).
+    `task` None: the run's recorded task. `compute_dtype="bfloat16"` serves in bfloat16
+    (export.with_compute_dtype).
     """
     from training import data  # pylint: disable=import-outside-toplevel
+    task = task or recorded_task(model_dir)
     config = resolve_config(config, checkpoint or model_dir)
     model, path = restore_model(task, config, model_dir, checkpoint)
     logging.info("Restored weights from %s", path)
-    vocab = vocab or data.default_vocab_path()
-    _, output_task = TASK_MODEL_BUILDERS[task]
-    if output_task == "pretraining":
-        written = export.export_pretraining_model(model, vocab, export_dir,
-                                                  seq_length=seq_length, version=version,
-                                                  compute_dtype=compute_dtype)
-    else:
-        written = export.export_saved_model(model, vocab, export_dir, output_task,
-                                            seq_length=seq_length, version=version,
-                                            lower_case=lower_case, compute_dtype=compute_dtype)
-    labels = os.path.join(model_dir, "labels.txt")
-    if output_task == "classification" and os.path.isfile(labels):
+    written = export.export_saved_model(model, vocab or data.default_vocab_path(), export_dir,
+                                        seq_length=seq_length, version=version,
+                                        lower_case=lower_case, compute_dtype=compute_dtype)
+    labels = os.path.join(model_dir, tasks.classification.LABELS)
+    if os.path.isfile(labels):
         # Same place as training.finetune: index i of `probabilities` is line i.
-        tf.io.gfile.copy(labels, os.path.join(written, "labels.txt"), overwrite=True)
+        tf.io.gfile.copy(labels, os.path.join(written, tasks.classification.LABELS),
+                         overwrite=True)
     logging.info("Exported %s model to %s", task, written)
     return written
 
@@ -140,7 +95,8 @@ def define_flags():
     flags.DEFINE_string("model_dir", None, "Training run folder (its checkpoints/ or best).")
     flags.DEFINE_string("config", None, "Preset name or GroupBertConfig JSON file (default: "
                         "the config.json that the training run recorded in --model_dir).")
-    flags.DEFINE_enum("task", "pretraining", sorted(TASK_MODEL_BUILDERS), "Model to export.")
+    flags.DEFINE_enum("task", None, sorted(tasks.TASKS), "Model to export (default: the task "
+                      "the run in --model_dir recorded, else pretraining).")
     flags.DEFINE_string("export_dir", "saved_models/groupbert-mini",
                         "Model folder; the export goes to <export_dir>/<version>.")
     flags.DEFINE_string("checkpoint", None, "Checkpoint prefix or folder (default: newest).")
@@ -152,10 +108,12 @@ def define_flags():
                       "Serving compute dtype: bfloat16 runs matmuls on oneDNN's bf16 kernels "
                       "(AVX512_BF16 / AMX CPUs); LayerNorms and outputs stay float32.")
     flags.mark_flag_as_required("model_dir")
+    settings_lib.define_overrides_flag()
 
 
 def main(argv):
     del argv
+    settings_lib.apply_overrides(FLAGS)
     flag_checks.check(FLAGS)
     run_folder.check_writable(FLAGS.export_dir, "--export_dir")
     path = export_from_checkpoint(FLAGS.model_dir, FLAGS.config, FLAGS.task, FLAGS.export_dir,

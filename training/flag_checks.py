@@ -24,6 +24,7 @@ RANGES = {
     "steps_per_execution": (lambda v: v >= 1, ">= 1"),
     "checkpoint_every": (lambda v: v >= 1, ">= 1"),
     "log_every": (lambda v: v >= 1, ">= 1"),
+    "shuffle_buffer": (lambda v: v >= 1, ">= 1"),
     "validation_fraction": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "max_sequences_per_pack": (lambda v: v >= 0, ">= 0 (0: no packing)"),
     "epochs": (lambda v: v >= 1, ">= 1"),
@@ -51,7 +52,7 @@ def check(flag_values):
             raise ValueError(f"--{name}={value}: must be {expected}")
     if "warmup_steps" in flag_values and "train_steps" in flag_values:
         warmup, steps = flag_values["warmup_steps"].value, flag_values["train_steps"].value
-        if warmup > steps:
+        if warmup is not None and warmup > steps:
             raise ValueError(f"--warmup_steps={warmup}: must be at most --train_steps={steps}")
     if "max_predictions_per_seq" in flag_values and "seq_length" in flag_values:
         predictions = flag_values["max_predictions_per_seq"].value

@@ -123,7 +123,7 @@ def create_optimizer(name, learning_rate, weight_decay=0.01, beta_1=0.9, beta_2=
                      epsilon=1e-6, global_clipnorm=1.0):
     """`lamb` or `adamw` with the reference's hyper-parameters and exclusions.
 
-    Gradient accumulation is the train step's (training/train_step.py), not the optimizer's.
+    Gradient accumulation is the train step's (groupbert_tf/tensorflow_train_step.py), not the optimizer's.
     """
     common = dict(learning_rate=learning_rate, beta_1=beta_1, beta_2=beta_2, epsilon=epsilon,
                   global_clipnorm=global_clipnorm)

@@ -13,44 +13,55 @@ from absl import logging
 from groupbert_tf import flops
 from groupbert_tf.config import GroupBertConfig
 from groupbert_tf.models.pretrainer import GroupBertPretrainer
+from groupbert_tf.tensorflow_train_step import group_micro_batches
 from training import callbacks as training_callbacks
 from training import checkpointing, performance, run_folder
 from training.optimization import WarmupPolynomialDecay, create_optimizer
-from training.train_step import XlaGradientsTrainStep, group_micro_batches
+from training.settings import setting
 
-
-@keras.saving.register_keras_serializable(package="groupbert_tf")
-class PretrainingModel(XlaGradientsTrainStep, GroupBertPretrainer):
-    """GroupBertPretrainer with the TensorFlow distributed XLA train step."""
+MAX_DEFAULT_WARMUP = 10_000  # BERT's warmup; shorter runs warm up over 10% of their steps.
 
 
 @dataclasses.dataclass
 class TrainingSettings:
-    """What a pre-training run does (the CLI flags, minus data and strategy)."""
+    """What a pre-training run does: the training flags of `python -m training.pretrain`
+    (defaults are the README's `make pretrain`; data and strategy flags live elsewhere)."""
 
-    model_dir: str
-    train_steps: int
-    global_batch_size: int
-    seq_length: int
-    max_predictions_per_seq: int
-    optimizer: str = "lamb"
-    learning_rate: float = 0.012
-    warmup_steps: int = 100
-    warmup_power: float = 0.5
-    weight_decay: float = 0.01
-    gradient_accumulation_steps: int = 1
-    steps_per_execution: int = 1
-    checkpoint_every: int = 100
-    log_every: int = 50
-    init_checkpoint: Optional[str] = None
-    precision: str = "auto"
+    model_dir: str = setting("runs/pretrain", "Checkpoints and TensorBoard logs; a run "
+                             "resumes from the checkpoint here.")
+    train_steps: int = setting(200, "Optimizer steps (the default fits ~10 minutes on 2 CPU "
+                               "cores).")
+    global_batch_size: int = setting(32, "Global batch size (split across replicas).",
+                                     flag="batch_size")
+    seq_length: int = setting(128, "Sequence length.")
+    max_predictions_per_seq: int = setting(20, "Static number of MLM predictions.")
+    optimizer: str = setting("lamb", "Optimizer.", choices=("lamb", "adamw"))
+    learning_rate: float = setting(1e-2, "Peak learning rate (LAMB; the best of a sweep at "
+                                   "small sizes, docs/results.md).")
+    warmup_steps: Optional[int] = setting(None, "Warmup steps (default: 10% of --train_steps, "
+                                          f"at most {MAX_DEFAULT_WARMUP}).")
+    warmup_power: float = setting(0.5, "Warmup shape: 1 = linear, 0.5 = square root.")
+    weight_decay: float = setting(0.01, "Weight decay (not on biases and LayerNorm).")
+    gradient_accumulation_steps: int = setting(1, "Batches per optimizer step.")
+    steps_per_execution: int = setting(1, "Batches per tf.function call.")
+    checkpoint_every: int = setting(50, "Save a checkpoint every N steps.")
+    log_every: int = setting(50, "Throughput log interval in steps.")
+    init_checkpoint: Optional[str] = setting(
+        None, "Load weights only (not optimizer state or step) from this checkpoint (a run "
+        "folder, its checkpoints/ or a prefix); without --config, the config that run "
+        "recorded.")
+    precision: str = "auto"  # Flags of training/performance.py.
     compile_mode: str = "auto"
-    verbose: int = 1
+    verbose: int = setting(1, "Keras progress: 1 = progress bar, 2 = one line per epoch.")
+
+    def __post_init__(self):
+        if self.warmup_steps is None:  # A fixed default would swallow a short run.
+            self.warmup_steps = min(MAX_DEFAULT_WARMUP, self.train_steps // 10)
 
 
-def build_model(config: GroupBertConfig, settings: TrainingSettings) -> PretrainingModel:
+def build_model(config: GroupBertConfig, settings: TrainingSettings) -> GroupBertPretrainer:
     """Creates and compiles the model; call inside `strategy.scope()`."""
-    model = PretrainingModel(config=config)
+    model = GroupBertPretrainer(config=config)
     schedule = WarmupPolynomialDecay(
         settings.learning_rate, settings.warmup_steps, settings.train_steps,
         warmup_power=settings.warmup_power)
@@ -114,12 +125,7 @@ def restore_or_initialize(model, model_dir, init_checkpoint=None):
                          f"{int(model.optimizer.iterations.numpy())}")
     if init_checkpoint:
         path = find_checkpoint(init_checkpoint)
-        # A compiled model's checkpoint dependencies include its optimizer: restore into a
-        # fresh, uncompiled model and copy the weights, so optimizer state and step stay new.
-        source = type(model)(config=model.config)
-        status = tf.train.Checkpoint(model=source).restore(path)
-        status.assert_existing_objects_matched().expect_partial()
-        model.set_weights(source.get_weights())
+        checkpointing.load_weights(model, path)
         return manager, f"Initialised weights only from {path} (optimizer state and step are new)"
     return manager, "Started from random initialisation"
 

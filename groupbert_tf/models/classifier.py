@@ -4,8 +4,8 @@ import keras
 from keras import ops
 
 from groupbert_tf.layers.initializers import truncated_normal
-from groupbert_tf.models.encoder import GroupBertEncoder, as_config, encoder_inputs
-from groupbert_tf.models.task_model import TaskModel, sequence_weights
+from groupbert_tf.models.encoder import encoder_inputs
+from groupbert_tf.models.task import Task, sequence_weights
 
 
 def _labels(y, key):
@@ -13,27 +13,28 @@ def _labels(y, key):
 
 
 @keras.saving.register_keras_serializable(package="groupbert_tf")
-class GroupBertClassifier(TaskModel):
+class GroupBertClassifier(Task):
     """Single-sentence or sentence-pair classification on the pooled [CLS] output.
 
-    Inputs: `token_ids`, `segment_ids`, `padding_mask` [B, S]. Output: {"logits": [B, L]}
-    (float32). Labels: {"labels": int [B]} (a bare [B] tensor works too).
+    Inputs: `token_ids`, `segment_ids`, `padding_mask` [B, S], or raw strings (one text, or a
+    pair `(texts_a, texts_b)`) when built with a `preprocessor`. Output: {"logits": [B, L]}
+    (float32). Labels: {"labels": int [B]} or a bare int [B].
+
+        classifier = GroupBertClassifier.from_preset("runs/pretrain", num_labels=2)
+        classifier.compile()          # AdamW 5e-5, the task's loss and accuracy
+        classifier.fit(["a fine film", "a dull one"], [1, 0], batch_size=2)
 
     Packed rows (training/packing.py) add `sequence_ids` [B, S] and `cls_positions` [B, k]:
     each example is classified on its own [CLS], logits are [B, k, L], labels [B, k] with
     `sequence_weights` [B, k] (1.0 on slots with an example).
-
-    The loss is a sum divided by a count (`loss_sums`, `loss_counts`), like the pre-trainer,
-    so the distributed train step of `training.train_step` divides by the global batch.
     """
 
-    def __init__(self, config=None, num_labels=2, encoder=None, dropout=0.1, dtype=None,
-                 **kwargs):
-        super().__init__(dtype=dtype, **kwargs)
+    def __init__(self, config=None, num_labels=2, encoder=None, preprocessor=None, dropout=0.1,
+                 dtype=None, **kwargs):
+        super().__init__(config=config, encoder=encoder, preprocessor=preprocessor, dtype=dtype,
+                         **kwargs)
         if num_labels < 1:
             raise ValueError(f"num_labels must be >= 1, got {num_labels}")
-        self.encoder = encoder if encoder is not None else GroupBertEncoder(config, dtype=dtype)
-        self.config = self.encoder.config
         self.num_labels = num_labels
         self.dropout_rate = dropout
         self.dropout = keras.layers.Dropout(dropout, name="classifier_dropout")
@@ -51,6 +52,10 @@ class GroupBertClassifier(TaskModel):
             pooled = self.encoder.pool(encoded["sequence_output"], inputs["cls_positions"])
         pooled = self.dropout(pooled, training=training)
         return {"logits": ops.cast(self.classifier(pooled), "float32")}
+
+    def serving_outputs(self, inputs):
+        logits = self(inputs, training=False)["logits"]
+        return {"logits": logits, "probabilities": ops.softmax(logits, axis=-1)}
 
     def loss_counts(self, y):
         return {"classification": ops.sum(sequence_weights(y, _labels(y, "labels")))}
@@ -73,10 +78,5 @@ class GroupBertClassifier(TaskModel):
         return [*super().metrics, self.loss_tracker_, self.accuracy]
 
     def get_config(self):
-        return {"config": self.config.to_dict(), "num_labels": self.num_labels,
-                "dropout": self.dropout_rate, "name": self.name}
-
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        return cls(config=as_config(config.pop("config")), **config)
+        return {**super().get_config(), "num_labels": self.num_labels,
+                "dropout": self.dropout_rate}

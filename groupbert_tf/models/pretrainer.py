@@ -5,12 +5,12 @@ from keras import ops
 
 from groupbert_tf.layers.initializers import truncated_normal
 from groupbert_tf.layers.masked_lm_head import MaskedLMHead
-from groupbert_tf.models.encoder import GroupBertEncoder, as_config, encoder_inputs
-from groupbert_tf.models.task_model import TaskModel, sequence_weights
+from groupbert_tf.models.encoder import encoder_inputs
+from groupbert_tf.models.task import Task, sequence_weights
 
 
 @keras.saving.register_keras_serializable(package="groupbert_tf")
-class GroupBertPretrainer(TaskModel):
+class GroupBertPretrainer(Task):
     """Masked-LM and next-sentence-prediction pre-training.
 
     Inputs: `token_ids`, `segment_ids`, `padding_mask` [B, S] and `masked_lm_positions` [B, P].
@@ -27,10 +27,9 @@ class GroupBertPretrainer(TaskModel):
     the loss and gradients of one replica on the whole batch.
     """
 
-    def __init__(self, config=None, encoder=None, dtype=None, **kwargs):
-        super().__init__(dtype=dtype, **kwargs)
-        self.encoder = encoder if encoder is not None else GroupBertEncoder(config, dtype=dtype)
-        self.config = self.encoder.config
+    def __init__(self, config=None, encoder=None, preprocessor=None, dtype=None, **kwargs):
+        super().__init__(config=config, encoder=encoder, preprocessor=preprocessor, dtype=dtype,
+                         **kwargs)
         self.mlm_head = MaskedLMHead(
             self.encoder.embeddings.word_embeddings,
             layer_norm_epsilon=self.config.layer_norm_epsilon,
@@ -56,6 +55,21 @@ class GroupBertPretrainer(TaskModel):
             "mlm_logits": self.mlm_head(encoded["sequence_output"], inputs["masked_lm_positions"]),
             "nsp_logits": ops.cast(self.nsp_head(pooled), "float32"),
         }
+
+    def serving_outputs(self, inputs):
+        """Encoder outputs and NSP probabilities (index 0 = IsNext, 1 = NotNext)."""
+        encoded = self.encoder(encoder_inputs(inputs), training=False)
+        nsp_logits = ops.cast(self.nsp_head(encoded["pooled_output"]), "float32")
+        return {"sequence_output": encoded["sequence_output"],
+                "pooled_output": encoded["pooled_output"],
+                "nsp_probabilities": ops.softmax(nsp_logits, axis=-1)}
+
+    def default_optimizer(self):
+        """AdamW at BERT's pre-training rate 1e-4 (`python -m training.pretrain` uses LAMB
+        in the reference form instead: training/optimization.py)."""
+        optimizer = super().default_optimizer()
+        optimizer.learning_rate = 1e-4
+        return optimizer
 
     def loss_counts(self, y):
         """How many items each loss term averages over (local to this replica)."""
@@ -88,14 +102,3 @@ class GroupBertPretrainer(TaskModel):
     def metrics(self):
         return [*super().metrics, self.mlm_loss_tracker, self.nsp_loss_tracker,
                 self.mlm_accuracy, self.nsp_accuracy]
-
-    def get_config(self):
-        # The dtype policy is saved too, so a mixed-precision model reloads as one.
-        return {"config": self.config.to_dict(), "name": self.name,
-                "dtype": keras.dtype_policies.serialize(self.dtype_policy)}
-
-    @classmethod
-    def from_config(cls, config):
-        dtype = config.get("dtype")
-        return cls(config=as_config(config["config"]), name=config.get("name"),
-                   dtype=keras.dtype_policies.get(dtype) if dtype is not None else None)

@@ -4,8 +4,8 @@ import keras
 from keras import ops
 
 from groupbert_tf.layers.initializers import truncated_normal
-from groupbert_tf.models.encoder import ENCODER_INPUTS, GroupBertEncoder, as_config
-from groupbert_tf.models.task_model import TaskModel
+from groupbert_tf.models.encoder import ENCODER_INPUTS
+from groupbert_tf.models.task import Task
 
 # Added to the logits of padding positions: softmax gives them zero probability in float32
 # and bfloat16 alike, and no decoder can pick them.
@@ -13,20 +13,24 @@ PADDING_LOGIT = -10000.0
 
 
 @keras.saving.register_keras_serializable(package="groupbert_tf")
-class GroupBertSpanLabeler(TaskModel):
+class GroupBertSpanLabeler(Task):
     """Start/end logits per token over the encoder's sequence output.
 
     Inputs: `token_ids`, `segment_ids`, `padding_mask` [B, S]. Output:
     {"start_logits": [B, S], "end_logits": [B, S]} (float32; padding positions get
     PADDING_LOGIT). Labels: {"start_positions": int [B], "end_positions": int [B]}; a
     window that does not contain the answer points both at [CLS] (position 0), as in BERT.
-    Loss: mean of the start and end cross-entropies, each a sum over a count.
+    Loss: mean of the start and end cross-entropies, each a sum over a count. Served on
+    (question, context) pairs, with each word piece's byte offsets in its text.
     """
 
-    def __init__(self, config=None, encoder=None, dropout=0.1, dtype=None, **kwargs):
-        super().__init__(dtype=dtype, **kwargs)
-        self.encoder = encoder if encoder is not None else GroupBertEncoder(config, dtype=dtype)
-        self.config = self.encoder.config
+    serving_text_inputs = ("text_a", "text_b")
+    serving_offsets = True
+
+    def __init__(self, config=None, encoder=None, preprocessor=None, dropout=0.1, dtype=None,
+                 **kwargs):
+        super().__init__(config=config, encoder=encoder, preprocessor=preprocessor, dtype=dtype,
+                         **kwargs)
         self.dropout_rate = dropout
         self.dropout = keras.layers.Dropout(dropout, name="span_dropout")
         self.span_head = keras.layers.Dense(
@@ -44,6 +48,9 @@ class GroupBertSpanLabeler(TaskModel):
         padding = 1.0 - ops.cast(inputs["padding_mask"], "float32")
         logits = logits + PADDING_LOGIT * padding[:, :, None]
         return {"start_logits": logits[:, :, 0], "end_logits": logits[:, :, 1]}
+
+    def serving_outputs(self, inputs):
+        return self(inputs, training=False)
 
     def loss_counts(self, y):
         return {"span": ops.cast(ops.shape(y["start_positions"])[0], "float32")}
@@ -67,9 +74,4 @@ class GroupBertSpanLabeler(TaskModel):
         return [*super().metrics, self.loss_tracker_, self.start_accuracy, self.end_accuracy]
 
     def get_config(self):
-        return {"config": self.config.to_dict(), "dropout": self.dropout_rate, "name": self.name}
-
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        return cls(config=as_config(config.pop("config")), **config)
+        return {**super().get_config(), "dropout": self.dropout_rate}
