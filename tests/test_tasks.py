@@ -77,8 +77,13 @@ def test_classifier_fits_a_dataset_of_text_pairs(tiny_config):
                                      preprocessor=TextPreprocessor(VOCAB, sequence_length=12))
     classifier.compile()
     dataset = tf.data.Dataset.from_tensor_slices(((TEXTS, TEXTS[::-1]), LABELS)).batch(3)
-    history = classifier.fit(dataset, epochs=1, verbose=0)
+    history = classifier.fit(dataset, epochs=1, verbose=0,
+                             validation_data=((TEXTS[:2], TEXTS[2:4]), LABELS[:2]))
     assert np.isfinite(history.history["loss"][0])
+    # The validation pairs were tokenized too: the same accuracy as evaluating them.
+    evaluated = classifier.evaluate((TEXTS[:2], TEXTS[2:4]), LABELS[:2], return_dict=True,
+                                    verbose=0)
+    assert history.history["val_accuracy"][0] == evaluated["accuracy"]
     logits = classifier.predict((TEXTS, TEXTS[::-1]), verbose=0)["logits"]
     assert logits.shape == (len(TEXTS), 2)
 

