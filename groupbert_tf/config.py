@@ -101,6 +101,11 @@ class GroupBertConfig:
     def head_size(self) -> int:
         return self.hidden_size // self.num_heads
 
+    @property
+    def gelu_approximate(self) -> bool:
+        """The `approximate` argument of keras' gelu for `gelu_form` (tanh form: True)."""
+        return self.gelu_form == "tanh"
+
     def replace(self, **changes) -> "GroupBertConfig":
         """A copy with `changes` applied (validated again)."""
         unknown = set(changes) - {f.name for f in dataclasses.fields(self)}

@@ -44,7 +44,7 @@ def make_layer(config: GroupBertConfig, index: int, dtype=None) -> keras.layers.
         conv_group_size=config.conv_group_size,
         norm_placement=config.norm_placement,
         layer_norm_epsilon=config.layer_norm_epsilon,
-        gelu_approximate=config.gelu_form == "tanh",
+        gelu_approximate=config.gelu_approximate,
         hidden_dropout=config.hidden_dropout,
         attention_dropout=config.attention_dropout,
         initializer_range=config.initializer_range,

@@ -33,7 +33,7 @@ class GroupBertPretrainer(Task):
         self.mlm_head = MaskedLMHead(
             self.encoder.embeddings.word_embeddings,
             layer_norm_epsilon=self.config.layer_norm_epsilon,
-            gelu_approximate=self.config.gelu_form == "tanh",
+            gelu_approximate=self.config.gelu_approximate,
             initializer_range=self.config.initializer_range,
             name="mlm_head", dtype=dtype)
         self.nsp_head = keras.layers.Dense(
