@@ -198,3 +198,41 @@ def test_a_folder_of_only_unreadable_checkpoints_never_restarts_from_random(tmp_
         trainer.restore_or_initialize(model, settings.model_dir)
     assert "ckpt-6.index is missing" in str(error.value)
     assert "Move the folder away" in str(error.value)
+
+
+# --- weights only: the one loader of --init_checkpoint, fine-tuning and export ----------------
+
+def test_load_weights_copies_weights_but_never_optimizer_state(tmp_path, tiny_config):
+    from groupbert_tf.models import GroupBertClassifier, GroupBertPretrainer
+    source = GroupBertPretrainer(config=tiny_config())
+    source.compile(optimizer="adam")
+    source.optimizer.build(source.trainable_variables)
+    source.optimizer.iterations.assign(7)
+    prefix = tf.train.Checkpoint(model=source, optimizer=source.optimizer).write(
+        str(tmp_path / "ckpt"))
+
+    target = GroupBertPretrainer(config=tiny_config())
+    target.compile(optimizer="adam")
+    target.optimizer.build(target.trainable_variables)
+    checkpointing.load_weights(target, prefix)
+    for a, b in zip(source.weights, target.weights):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert int(target.optimizer.iterations.numpy()) == 0
+
+    # Only the encoder, into another task: its head keeps its initialisation.
+    classifier = GroupBertClassifier(config=tiny_config(), num_labels=3)
+    head = np.asarray(classifier.classifier.kernel).copy()
+    checkpointing.load_weights(classifier, prefix, part="encoder")
+    for a, b in zip(source.encoder.weights, classifier.encoder.weights):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    np.testing.assert_array_equal(np.asarray(classifier.classifier.kernel), head)
+
+
+def test_load_weights_refuses_a_checkpoint_that_lacks_variables(tmp_path, tiny_config):
+    from groupbert_tf.models import GroupBertPretrainer
+    shallow = GroupBertPretrainer(config=tiny_config(num_layers=1))
+    prefix = tf.train.Checkpoint(model=shallow).write(str(tmp_path / "ckpt"))
+    deeper = GroupBertPretrainer(config=tiny_config(num_layers=2))
+    with pytest.raises(ValueError, match=r"--init_checkpoint .*ckpt lacks \d+ of the \d+ "
+                                         r"encoder variables \(first: \['transformer_layer_1"):
+        checkpointing.load_weights(deeper, prefix, part="encoder")
