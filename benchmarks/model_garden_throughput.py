@@ -23,7 +23,6 @@ import statistics
 import sys
 import time
 
-import numpy as np
 import tensorflow as tf
 import tf_keras
 from official.nlp.modeling import layers as nlp_layers

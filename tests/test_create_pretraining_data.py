@@ -122,8 +122,8 @@ def test_shard_and_worker_counts_do_not_change_the_examples(corpus, tmp_path):
     records = _records(tmp_path / "a")
     assert records == _records(tmp_path / "b")  # Byte for byte, masks included.
     assert sum(records.values()) == one["examples"] == two["examples"] > 100
-    other_seed = _run_pipeline(corpus, tmp_path / "c", seq_length=64, dupe_factor=2,
-                               num_pools=3, shards_per_pool=2, seed=1)
+    _run_pipeline(corpus, tmp_path / "c", seq_length=64, dupe_factor=2,
+                  num_pools=3, shards_per_pool=2, seed=1)
     assert _records(tmp_path / "c") != records
 
 

@@ -2,7 +2,6 @@
 figures, and the real Keras models' `count_params()`."""
 
 import math
-import os
 import pathlib
 
 import pytest

@@ -9,7 +9,6 @@ The ONNX MatMul computes x @ W, so W is (in, out): it is transposed into the PyT
 layout and goes through the same loader as a Hugging Face checkpoint.
 """
 
-import hashlib
 import os
 import pathlib
 import re

@@ -9,8 +9,6 @@ and so is a GroupBertConfig preset name (random weights: pass `vocabulary=`).
 import json
 import os
 
-import keras
-
 from groupbert_tf.config import PRESETS, GroupBertConfig
 from groupbert_tf.models.encoder import GroupBertEncoder
 
