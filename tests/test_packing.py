@@ -124,6 +124,17 @@ def test_check_packed_rows_names_the_problem(sequence_ids, cls_positions, messag
 # --- the model: packed rows compute what their sequences compute unpacked --------------------
 
 FAMILIES = ["groupbert", "bert"]
+# Packed as (0, 1, 2), (3, 4, 5) into rows of 24: row 0 is full (its last sequence ends at the
+# row's end), row 1 ends in padding; a sequence of 2 is shorter than the conv kernel's reach.
+LENGTHS = [7, 9, 8, 5, 11, 2]
+
+
+def _random_examples(seed, mlm_ids_per_sequence=0):
+    """Unpacked sequences of LENGTHS (rows of 12), with random MLM label ids."""
+    examples = _unpacked(LENGTHS, seq=12, seed=seed)
+    examples["mlm_ids"] = np.random.default_rng(seed + 1).integers(
+        0, 61, (len(LENGTHS), mlm_ids_per_sequence)).astype(np.int32)
+    return examples
 
 
 def _models(tiny_config, randomize_weights, family, **overrides):
@@ -213,15 +224,9 @@ def _assert_packed_equals_unpacked(pretrainer, classifier, examples, rows, seq_l
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_packed_forward_equals_unpacked_random_lengths(family, tiny_config, randomize_weights):
-    # Row 0 is full (its last sequence ends at the row's end); row 1 ends in padding; a
-    # sequence of length 2 is shorter than the conv kernel's reach.
-    lengths = [7, 9, 8, 5, 11, 2]
-    examples = _unpacked(lengths, seq=12, seed=1)
-    examples["mlm_ids"] = np.random.default_rng(2).integers(0, 61, (6, 1)).astype(np.int32)
     pretrainer, classifier = _models(tiny_config, randomize_weights, family)
-    rows = [(0, 1, 2), (3, 4, 5)]
-    _assert_packed_equals_unpacked(pretrainer, classifier, examples, rows, 24, 3,
-                                   _mlm_positions(lengths, 1))
+    _assert_packed_equals_unpacked(pretrainer, classifier, _random_examples(1, 1),
+                                   [(0, 1, 2), (3, 4, 5)], 24, 3, _mlm_positions(LENGTHS, 1))
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -252,11 +257,9 @@ def test_outputs_do_not_depend_on_pack_mates(family, tiny_config, randomize_weig
 def test_packed_gradients_equal_unpacked(family, tiny_config, randomize_weights):
     import tensorflow as tf
 
-    lengths = [7, 9, 8, 5, 11, 2]
-    examples = _unpacked(lengths, seq=12, seed=7)
-    examples["mlm_ids"] = np.random.default_rng(8).integers(0, 61, (6, 2)).astype(np.int32)
+    examples = _random_examples(7, 2)
     pretrainer, _ = _models(tiny_config, randomize_weights, family)
-    mlm_positions = _mlm_positions(lengths, 1, seed=9)
+    mlm_positions = _mlm_positions(LENGTHS, 1, seed=9)
     mlm_positions = np.concatenate([mlm_positions, np.maximum(mlm_positions - 1, 1)], axis=1)
     mlm_positions[5] = [1, 1]  # a repeated position counts twice in both layouts
     packed_x, packed_y, _ = _pack_case(examples, [(4, 3, 5), (1, 0, 2)], 24, 3, mlm_positions)
@@ -491,8 +494,7 @@ def test_malformed_packed_records_name_file_and_row(tmp_path):
 def test_packed_classification_loss_equals_unpacked(tiny_config, randomize_weights):
     from keras import ops
 
-    lengths = [7, 9, 8, 5, 11, 2]
-    examples = _unpacked(lengths, seq=12, seed=11)
+    examples = _random_examples(11)
     examples["labels"] = examples["labels"] % 3
     _, classifier = _models(tiny_config, randomize_weights, "groupbert")
     packed = packing.layout_packed_rows(examples, [(1, 4), (0, 2, 3), (5,)], 24, 3,
@@ -510,20 +512,11 @@ def test_packed_classification_loss_equals_unpacked(tiny_config, randomize_weigh
 
 @pytest.mark.slow
 def test_finetune_trains_classification_on_packed_rows(tmp_path):
-    from tests.conftest import tiny_config
-    from tests.test_finetune import CLASS_VOCAB, _write_sentiment
+    from tests.conftest import sentiment_settings
     from training import finetune
 
-    vocab = tmp_path / "vocab.txt"
-    vocab.write_text("\n".join(CLASS_VOCAB) + "\n")
-    settings = finetune.FinetuneSettings(
-        task="classification", train_file=_write_sentiment(tmp_path / "train.tsv", 256, 0),
-        eval_file=_write_sentiment(tmp_path / "dev.tsv", 40, 1), model_dir=str(tmp_path / "run"),
-        config=tiny_config(vocab_size=len(CLASS_VOCAB)), vocab=str(vocab), epochs=2,
-        batch_size=4, seq_length=24, learning_rate=5e-3, precision="float32",
-        compile_mode="graph", verbose=0,
-        max_sequences_per_pack=3)
-    summary = finetune.run(settings)
+    summary = finetune.run(sentiment_settings(tmp_path, batch_size=4, seq_length=24,
+                                              max_sequences_per_pack=3))
     # 256 examples of 8 tokens, 3 per row of 24: 86 rows, 21 steps of 4 rows per epoch.
     assert summary["steps_per_epoch"] == 21
     assert summary["best"] == 1.0, summary["history"]  # evaluated unpacked
@@ -538,8 +531,7 @@ def test_packed_forward_equals_unpacked_under_xla(tiny_config, randomize_weights
     one (groupbert_tf/native_ops.py): both keep the sequences apart."""
     import tensorflow as tf
 
-    lengths = [7, 9, 8, 5, 11, 2]
-    examples = _unpacked(lengths, seq=12, seed=13)
+    examples = _random_examples(13)
     encoder = _models(tiny_config, randomize_weights, "groupbert")[0].encoder
     rows = [(0, 1, 2), (3, 4, 5)]
     packed = packing.layout_packed_rows(examples, rows, 24, 3)
@@ -549,6 +541,6 @@ def test_packed_forward_equals_unpacked_under_xla(tiny_config, randomize_weights
                 for k in ("token_ids", "segment_ids", "padding_mask")}).numpy()
     for r, row in enumerate(rows):
         for slot, index in enumerate(row):
-            start, n = packed["cls_positions"][r, slot], lengths[index]
+            start, n = packed["cls_positions"][r, slot], LENGTHS[index]
             np.testing.assert_allclose(got[r, start:start + n], want[index, :n],
                                        rtol=1e-5, atol=1e-5)
