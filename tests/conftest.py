@@ -8,7 +8,6 @@ Fixtures:
   np_ref             -> `NumpyReference`: float64 numpy re-implementations used as oracles
   randomize_weights  -> callable(layer, scale, seed): random values in every variable
   repad              -> callable(inputs, extra): more padding, new ids at padded positions
-  float32_policy     -> restores the global Keras dtype policy after the test
 
 References are independent computations (numpy, or test-only Keras layers used as oracles),
 never earlier outputs of the code under test.
@@ -523,17 +522,6 @@ def _randomize_weights_fixture():
 @pytest.fixture(name="np_ref")
 def _np_ref_fixture():
     return NumpyReference
-
-
-@pytest.fixture
-def float32_policy():
-    """Runs the test under the float32 policy and restores whatever policy was set before."""
-    previous = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy("float32")
-    try:
-        yield
-    finally:
-        keras.mixed_precision.set_global_policy(previous)
 
 
 @pytest.fixture(autouse=True)

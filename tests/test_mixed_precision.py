@@ -30,10 +30,6 @@ def _all_layers(model):
     return list(model._flatten_layers(include_self=False, recursive=True))
 
 
-def test_policy_fixture_restores_the_previous_policy(mixed_policy):
-    assert keras.mixed_precision.global_policy().name == "mixed_bfloat16"
-
-
 @pytest.mark.parametrize("family", FAMILIES)
 def test_encoder_under_mixed_bfloat16(tiny_config, randomize_weights, make_inputs, family,
                                       request):
