@@ -52,6 +52,13 @@ def _size(shape):
     return math.prod(shape)
 
 
+def _layers(c, conv, ffn, attention):
+    """Every layer's modules in order: [conv] FFN attention FFN (GroupBERT), [conv] attention
+    FFN (BERT)."""
+    modules = ffn + attention + ffn if c.layer_structure == "groupbert" else attention + ffn
+    return ((conv if c.use_conv_module else []) + modules) * c.num_layers
+
+
 def enumerate_weight_shapes(c, heads):
     n, i, g = c.hidden_size, c.intermediate_size, c.ffn_groups
     ln = [(n,), (n,)]
@@ -60,13 +67,7 @@ def enumerate_weight_shapes(c, heads):
         [(n, n), (n,)]
     ffn = ln + [(n, i), (i,), (g, i // g, n // g), (n,)] + ([(n, n), (n,)] if g > 1 else [])
     attention = ln + [(n, n), (n,)] * 4
-    for _ in range(c.num_layers):
-        if c.use_conv_module:
-            shapes += conv
-        if c.layer_structure == "groupbert":
-            shapes += ffn + attention + ffn
-        else:
-            shapes += attention + ffn
+    shapes += _layers(c, conv, ffn, attention)
     if c.norm_placement == "pre":
         shapes += ln
     shapes += [(n, n), (n,)]  # pooler
@@ -86,14 +87,7 @@ def enumerate_matmuls(c, s, m=None):
     conv += [(s, n, n)]
     ffn = [(s, n, i)] + [(s, i // g, n // g)] * g + ([(s, n, n)] if g > 1 else [])
     attention = [(s, n, n)] * 3 + [(s, d, s)] * h + [(s, s, d)] * h + [(s, n, n)]
-    mats = []
-    for _ in range(c.num_layers):
-        if c.use_conv_module:
-            mats += conv
-        if c.layer_structure == "groupbert":
-            mats += ffn + attention + ffn
-        else:
-            mats += attention + ffn
+    mats = _layers(c, conv, ffn, attention)
     if m is not None:
         mats += [(1, n, n), (1, n, 2), (m, n, n), (m, n, c.vocab_size)]
     return mats
@@ -137,7 +131,9 @@ def test_spec_totals_with_pretraining_heads():
     assert gbase == pytest.approx(161e6, rel=0.01)
     assert large == pytest.approx(336e6, rel=0.01)
     assert gbase / large == pytest.approx(0.48, abs=0.01)
-    # Exact values (documented in docs/models.md).
+    # Exact, by hand: L layers of 19N^2 + 141N (GroupBERT, + 2N final LN) or 12N^2 + 13N
+    # (BERT), + 31038N (embeddings) + N^2 + N (pooler) + N^2 + 5N + 30524 (heads); bert-base's
+    # is Hugging Face BertForPreTraining's 110,106,428.
     assert (base, gbase, large) == (110_106_428, 160_832_828, 336_226_108)
 
 
