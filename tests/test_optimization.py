@@ -108,44 +108,46 @@ def _clip(grads, clipnorm):
     return [g * clipnorm / max(norm, clipnorm) for g in grads]
 
 
+def _adam(weights, names, gradient_steps, clipnorm, update):
+    """Float64 Adam moments m, v of every weight over `gradient_steps` (clipped to a global
+    norm `clipnorm`); `update(t, w, m, v, name)` is the optimizer's new weight at step t.
+    Returns the weights and moments after the last step."""
+    w = [np.array(x, np.float64) for x in weights]
+    m = [np.zeros_like(x) for x in w]
+    v = [np.zeros_like(x) for x in w]
+    for t, grads in enumerate(gradient_steps, start=1):
+        grads = _clip([np.array(g, np.float64) for g in grads], clipnorm)
+        for i, (g, name) in enumerate(zip(grads, names)):
+            m[i] = B1 * m[i] + (1 - B1) * g
+            v[i] = B2 * v[i] + (1 - B2) * g * g
+            w[i] = update(t, w[i], m[i], v[i], name)
+    return w, m, v
+
+
 def numpy_lamb(weights, names, gradient_steps, lr, wd=WD, clipnorm=None):
     """Reference LAMB (Google BERT / Graphcore): Adam moments with bias correction,
     update = m_hat / (sqrt(v_hat) + eps) + wd * w, scaled by ||w|| / ||update||;
     biases and LayerNorm parameters get neither the decay nor the trust ratio."""
-    w = [np.array(x, np.float64) for x in weights]
-    m = [np.zeros_like(x) for x in w]
-    v = [np.zeros_like(x) for x in w]
-    for t, grads in enumerate(gradient_steps, start=1):
-        grads = _clip([np.array(g, np.float64) for g in grads], clipnorm)
-        for i, (g, name) in enumerate(zip(grads, names)):
-            m[i] = B1 * m[i] + (1 - B1) * g
-            v[i] = B2 * v[i] + (1 - B2) * g * g
-            m_hat = m[i] / (1 - B1 ** t)
-            v_hat = v[i] / (1 - B2 ** t)
-            update = m_hat / (np.sqrt(v_hat) + EPS)
-            if not _excluded(name):
-                update = update + wd * w[i]
-                w_norm, u_norm = np.linalg.norm(w[i]), np.linalg.norm(update)
-                update = update * (w_norm / u_norm if w_norm > 0 and u_norm > 0 else 1.0)
-            w[i] = w[i] - lr * update
-    return w, m, v
+    def lamb(t, w, m, v, name):
+        m_hat = m / (1 - B1 ** t)
+        v_hat = v / (1 - B2 ** t)
+        update = m_hat / (np.sqrt(v_hat) + EPS)
+        if not _excluded(name):
+            update = update + wd * w
+            w_norm, u_norm = np.linalg.norm(w), np.linalg.norm(update)
+            update = update * (w_norm / u_norm if w_norm > 0 and u_norm > 0 else 1.0)
+        return w - lr * update
+    return _adam(weights, names, gradient_steps, clipnorm, lamb)
 
 
 def numpy_adamw(weights, names, gradient_steps, lr, wd=WD, clipnorm=None):
     """Decoupled weight decay (w -= lr * wd * w, not for biases and norms), then Adam."""
-    w = [np.array(x, np.float64) for x in weights]
-    m = [np.zeros_like(x) for x in w]
-    v = [np.zeros_like(x) for x in w]
-    for t, grads in enumerate(gradient_steps, start=1):
-        grads = _clip([np.array(g, np.float64) for g in grads], clipnorm)
-        for i, (g, name) in enumerate(zip(grads, names)):
-            if not _excluded(name):
-                w[i] = w[i] - lr * wd * w[i]
-            m[i] = B1 * m[i] + (1 - B1) * g
-            v[i] = B2 * v[i] + (1 - B2) * g * g
-            alpha = lr * np.sqrt(1 - B2 ** t) / (1 - B1 ** t)
-            w[i] = w[i] - alpha * m[i] / (np.sqrt(v[i]) + EPS)
-    return w, m, v
+    def adamw(t, w, m, v, name):
+        if not _excluded(name):
+            w = w - lr * wd * w
+        alpha = lr * np.sqrt(1 - B2 ** t) / (1 - B1 ** t)
+        return w - alpha * m / (np.sqrt(v) + EPS)
+    return _adam(weights, names, gradient_steps, clipnorm, adamw)
 
 
 NAMES = ("kernel", "bias", "gamma", "beta")
