@@ -330,9 +330,6 @@ def test_throughput_numbers(monkeypatch, steps_per_execution):
     assert record["sequences_per_second"] == pytest.approx(expected)
     assert record["tokens_per_second"] == pytest.approx(expected * seq)
     assert record["tflops"] == pytest.approx(expected * per_sequence / 1e12)
-    # FLOPs per sequence: 3x the forward pass, and more than 6 * params * tokens' dense part
-    # would be for the encoder alone is not asserted here (see test_flops.py).
-    assert per_sequence == 3 * flops.forward_flops(config, seq, preds)
 
 
 def test_throughput_reports_nothing_before_a_timed_step():
