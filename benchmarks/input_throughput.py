@@ -16,7 +16,8 @@ import keras
 import tensorflow as tf
 
 from groupbert_tf.config import GroupBertConfig
-from training import tfrecord, trainer
+from training import trainer
+from training.data import tfrecord
 
 
 def _input_examples_per_s(pattern, batch_size, batches, seed):

@@ -14,7 +14,7 @@ import json
 import numpy as np
 
 from groupbert_tf import tokenization
-from training import data, pretraining_data, pretraining_pipeline
+from training.data import download, pretraining_data, pretraining_pipeline
 
 
 def pair_statistics(documents, sources, num_pools, seq_length, seed):
@@ -44,13 +44,13 @@ def pair_statistics(documents, sources, num_pools, seq_length, seed):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--corpus", default=data.default_corpus_path(),
+    parser.add_argument("--corpus", default=download.default_corpus_path(),
                         help="comma-separated corpus files")
     parser.add_argument("--pools", default="1,4,16")
     parser.add_argument("--seq_length", type=int, default=128)
     parser.add_argument("--seeds", default="0", help="comma-separated seeds")
     args = parser.parse_args()
-    tokenizer = tokenization.BertTokenizer(data.default_vocab_path())
+    tokenizer = tokenization.BertTokenizer(download.default_vocab_path())
     documents, sources = [], []
     for path in args.corpus.split(","):
         docs = pretraining_data.tokenize_documents(pretraining_data.read_documents(path),

@@ -2,7 +2,7 @@
 
 Both variants run the same model (`training.trainer.build_model`: the pre-training model, its
 optimizer and its train step) on rows of the same shape [batch, seq] from the same pipeline
-(`training.pretraining_data.pretraining_dataset`, default corpus, dynamic masking); the packed
+(`training.data.pretraining_data.pretraining_dataset`, default corpus, dynamic masking); the packed
 rows hold up to `--max_sequences_per_pack` pairs each. Only the step is timed: batches are
 drawn beforehand and cycled. Steps are A/B interleaved (`benchmarks.common`), medians.
 Real tokens per step = the batches' mean count of non-padding tokens.
@@ -69,10 +69,10 @@ def _settings(seq_length, batch_size, predictions, train_steps, warmup_steps, ar
 
 
 def _dataset(seq_length, batch_size, predictions, pack, args, split="train", seed=0):
-    from training import data, pretraining_data
+    from training.data import download, pretraining_data
 
     return pretraining_data.pretraining_dataset(
-        data.default_corpus_path(), data.default_vocab_path(), batch_size, split=split,
+        download.default_corpus_path(), download.default_vocab_path(), batch_size, split=split,
         seq_length=seq_length, max_predictions_per_seq=predictions,
         dupe_factor=args.dupe_factor, seed=seed, max_sequences_per_pack=pack or None)
 

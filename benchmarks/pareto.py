@@ -17,7 +17,7 @@ Runs (see `all_runs`; names carry the LR, e.g. `groupbert-tiny-lr0.01`):
 Results: docs/results.md. `report` writes `<root>/results.json` (every summary, the targets and
 a unigram reference loss) and docs/figures/pareto_loss_vs_flops.png / pareto_ablation.png.
 
-Validation: the held-out documents of `training.pretraining_data.split_documents` (1%), packed
+Validation: the held-out documents of `training.data.pretraining_data.split_documents` (1%), packed
 once and masked `--val_mask_draws` times with fixed seeds, stored in `<root>/data_seq*.npz`, so
 every model is scored on exactly the same masked tokens.
 
@@ -124,10 +124,10 @@ def prepare(args):
         return
     import tensorflow as tf
     from groupbert_tf import tokenization
-    from training import data, masking, pretraining_data as pd
+    from training.data import download, masking, pretraining_data as pd
 
-    corpus = args.corpus or data.default_corpus_path()
-    vocab = args.vocab or data.default_vocab_path()
+    corpus = args.corpus or download.default_corpus_path()
+    vocab = args.vocab or download.default_vocab_path()
     tokenizer = tokenization.BertTokenizer(vocab)
     train_docs, val_docs = pd.split_documents(pd.read_documents(corpus),
                                               args.validation_fraction)
@@ -161,10 +161,10 @@ def prepare(args):
 def _datasets(args):
     import tensorflow as tf
     from groupbert_tf import tokenization
-    from training import data, masking
+    from training.data import download, masking
 
     arrays = np.load(data_path(args))
-    tokenizer = tokenization.BertTokenizer(args.vocab or data.default_vocab_path())
+    tokenizer = tokenization.BertTokenizer(args.vocab or download.default_vocab_path())
     train = {k[len("train_"):]: arrays[k] for k in arrays.files if k.startswith("train_")}
     val = {k[len("val_"):]: arrays[k] for k in arrays.files if k.startswith("val_")}
 

@@ -44,9 +44,10 @@ def run_one(model_name, precision, compile_mode, init_seed, args):
     import keras
     import tensorflow as tf
     from groupbert_tf.config import GroupBertConfig
-    from training import data, pretraining_data, trainer
+    from training import trainer
+    from training.data import download, pretraining_data
 
-    corpus, vocab = [data.default_corpus_path()], data.default_vocab_path()
+    corpus, vocab = [download.default_corpus_path()], download.default_vocab_path()
     common = dict(seq_length=128, max_predictions_per_seq=20, validation_fraction=0.01)
     validation = pretraining_data.pretraining_dataset(
         corpus, vocab, args.batch_size, split="validation", seed=0, **common)

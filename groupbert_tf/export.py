@@ -16,7 +16,7 @@ Signatures (see docs/serving.md):
   to `max_position_embeddings`) -> task outputs.
 - `serve_examples`: `examples` tf.string [batch] of serialized `tf.Example`s with int64
   features `input_ids`, `input_mask`, `segment_ids` of length `seq_length` (the names of the
-  BERT TFRecords that training/tfrecord.py reads) -> task outputs.
+  BERT TFRecords that training/data/tfrecord.py reads) -> task outputs.
 
 Outputs are the task's `serving_outputs` (groupbert_tf/models: pre-training `sequence_output`,
 `pooled_output`, `nsp_probabilities`; classification `logits`, `probabilities`; span

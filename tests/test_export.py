@@ -21,7 +21,7 @@ import tensorflow as tf
 
 from groupbert_tf import export, tokenization
 from groupbert_tf.config import GroupBertConfig
-from training import data
+from training.data import download
 
 SEQ = 16
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -39,8 +39,8 @@ def _tiny_config():
 
 @pytest.fixture(scope="module")
 def vocab():
-    data.fetch()
-    return data.default_vocab_path()
+    download.fetch()
+    return download.default_vocab_path()
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from groupbert_tf.tokenization import BertTokenizer
-from training import glue_data
+from training.data import glue_data
 
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "good", "bad", "film", "a", "is",
          "the", ".", "it", "was"]
@@ -110,7 +110,7 @@ def test_make_dataset_packs_pairs_and_maps_labels(tmp_path):
 
 
 def test_sentiment_snippets_binarised_at_zero_and_split_reproducibly(tmp_path):
-    from training import sentiment_data
+    from training.data import sentiment_data
     raw = ("id\tsentiment\ttext\n1\t2.5\tA fine film.\n2\t0\tNeither.\n"
            "3\t-1.2\tA caf\xe9 bore.\n4\t0.1\tOkay  then.\n").encode("latin-1")
     rows = sentiment_data.parse_snippets(raw)

@@ -12,8 +12,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from training import glue_data, squad_data
-from training import pretraining_data as pd
+from training.data import glue_data, squad_data
+from training.data import pretraining_data as pd
 
 
 def _google_truncate(tokens_a, tokens_b, max_tokens, rng):

@@ -2,7 +2,7 @@
 
 import gzip
 
-from training import large_corpus, pretraining_data
+from training.data import large_corpus, pretraining_data
 
 
 def test_brown_tags_are_stripped_and_quotes_restored():

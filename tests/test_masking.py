@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from training import masking
+from training.data import masking
 
 PAD, CLS, SEP, MASK = 0, 101, 102, 103
 VOCAB = 30522

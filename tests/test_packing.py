@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from training import packing
+from training.data import packing
 
 
 def _unpacked(lengths, seq, seed=0):
@@ -312,18 +312,18 @@ def real_pairs(tmp_path_factory):
     """Unmasked pre-training pairs (seq 128) from the first 60 documents of the real corpus,
     the corpus file and the vocab."""
     from groupbert_tf import tokenization
-    from training import data
-    from training import pretraining_data as pd
+    from training.data import download
+    from training.data import pretraining_data as pd
 
-    data.fetch()
-    with open(data.default_corpus_path(), encoding="utf-8") as f:
+    download.fetch()
+    with open(download.default_corpus_path(), encoding="utf-8") as f:
         blocks = f.read().split("\n\n")[:60]
     path = tmp_path_factory.mktemp("corpus") / "small.txt"
     path.write_text("\n\n".join(blocks), encoding="utf-8")
-    tokenizer = tokenization.BertTokenizer(data.default_vocab_path())
+    tokenizer = tokenization.BertTokenizer(download.default_vocab_path())
     documents = pd.tokenize_documents(pd.read_documents(str(path)), tokenizer)
     examples = pd.create_examples(documents, tokenizer, seq_length=128, dupe_factor=1, seed=0)
-    return examples, str(path), data.default_vocab_path()
+    return examples, str(path), download.default_vocab_path()
 
 
 def test_pack_examples_keeps_every_real_pair(real_pairs):
@@ -367,7 +367,7 @@ def test_packed_forward_equals_unpacked_real_lengths(family, real_pairs, tiny_co
 def test_packed_pretraining_dataset(real_pairs):
     import tensorflow as tf
 
-    from training import pretraining_data as pd
+    from training.data import pretraining_data as pd
 
     _, corpus, vocab = real_pairs
     ds = pd.pretraining_dataset(corpus, vocab, batch_size=8, seq_length=128,
@@ -439,7 +439,7 @@ def _graphcore_record(path):
 
 
 def test_reads_graphcore_packed_records(tmp_path):
-    from training import tfrecord
+    from training.data import tfrecord
 
     rows = _graphcore_record(tmp_path / "packed.tfrecord")
     (x, y), = tfrecord.read_dataset(str(tmp_path / "packed.tfrecord"), 10, 4, batch_size=2,
@@ -458,7 +458,7 @@ def test_reads_graphcore_packed_records(tmp_path):
 def test_packed_records_round_trip_in_graphcore_layout(tmp_path):
     import tensorflow as tf
 
-    from training import tfrecord
+    from training.data import tfrecord
 
     rows = _graphcore_record(tmp_path / "packed.tfrecord")
     (x, y), = tfrecord.read_dataset(str(tmp_path / "packed.tfrecord"), 10, 4, batch_size=2,
@@ -474,7 +474,7 @@ def test_packed_records_round_trip_in_graphcore_layout(tmp_path):
 def test_malformed_packed_records_name_file_and_row(tmp_path):
     import tensorflow as tf
 
-    from training import tfrecord
+    from training.data import tfrecord
 
     _graphcore_record(tmp_path / "packed.tfrecord")
     records = list(tf.data.TFRecordDataset(str(tmp_path / "packed.tfrecord")))

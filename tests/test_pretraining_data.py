@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from training import data
-from training import pretraining_data as pd
+from training.data import download
+from training.data import pretraining_data as pd
 
 
 @pytest.mark.parametrize(
@@ -147,8 +147,8 @@ def test_split_documents_is_deterministic_and_content_based():
 @pytest.fixture(scope="module")
 def small_corpus(tmp_path_factory):
     """The first 400 documents of the real corpus."""
-    data.fetch()
-    with open(data.default_corpus_path(), encoding="utf-8") as f:
+    download.fetch()
+    with open(download.default_corpus_path(), encoding="utf-8") as f:
         blocks = f.read().split("\n\n")[:400]
     path = tmp_path_factory.mktemp("corpus") / "small.txt"
     path.write_text("\n\n".join(blocks), encoding="utf-8")
@@ -156,7 +156,7 @@ def small_corpus(tmp_path_factory):
 
 
 def test_pretraining_dataset_train_and_validation(small_corpus):
-    vocab = data.default_vocab_path()
+    vocab = download.default_vocab_path()
     ds = pd.pretraining_dataset(
         small_corpus,
         vocab,
@@ -197,7 +197,7 @@ def test_pretraining_dataset_train_and_validation(small_corpus):
 
 
 def test_pretraining_dataset_errors(small_corpus):
-    vocab = data.default_vocab_path()
+    vocab = download.default_vocab_path()
     with pytest.raises(ValueError, match="split must be"):
         pd.pretraining_dataset(small_corpus, vocab, 8, split="test")
     with pytest.raises(ValueError, match="fewer than batch_size=1000"):

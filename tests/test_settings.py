@@ -11,7 +11,8 @@ import pytest
 from absl import flags
 
 from groupbert_tf.config import GroupBertConfig
-from training import finetune, pretraining_pipeline, settings, trainer
+from training import finetune, settings, trainer
+from training.data import pretraining_pipeline
 
 
 def _parsed(settings_class, *argv):

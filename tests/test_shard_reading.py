@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 
 from training import strategy as strategy_lib
-from training import tfrecord
+from training.data import tfrecord
 
 S, P = 8, 2
 

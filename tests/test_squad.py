@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from groupbert_tf.tokenization import BertTokenizer
-from training import squad_data
+from training.data import squad_data
 
 SQUAD_TINY = os.path.join(os.path.dirname(__file__), "data", "squad_tiny.json")
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from training import tfrecord
+from training.data import tfrecord
 
 S, P = 16, 4
 

@@ -9,8 +9,8 @@ import tensorflow as tf
 import tokenizers
 
 from groupbert_tf import tokenization
-from training import data
-from training import pretraining_data
+from training.data import download
+from training.data import pretraining_data
 
 EDGE_CASES = [
     "Ὀδυσσεύς and the final sigma: λόγος.",  # NFKC would fold ς to σ
@@ -25,8 +25,8 @@ EDGE_CASES = [
 
 @pytest.fixture(scope="module")
 def paths():
-    data.fetch()
-    return data.default_vocab_path(), data.minilm_dir()
+    download.fetch()
+    return download.default_vocab_path(), download.minilm_dir()
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,7 @@ def hf(paths):
 
 @pytest.fixture(scope="module")
 def sentences():
-    docs = pretraining_data.read_documents(data.default_corpus_path())
+    docs = pretraining_data.read_documents(download.default_corpus_path())
     return [s for d in docs[::7] for s in d][:1500]
 
 
@@ -101,7 +101,7 @@ def test_pack_pairs_truncates_longest_first_like_bert(tokenizer, sentences):
 
 
 def test_pack_single_matches_hf_truncation(tokenizer, sentences):
-    hf_trunc = tokenizers.Tokenizer.from_file(os.path.join(data.minilm_dir(), "tokenizer.json"))
+    hf_trunc = tokenizers.Tokenizer.from_file(os.path.join(download.minilm_dir(), "tokenizer.json"))
     hf_trunc.enable_truncation(16)
     hf_trunc.enable_padding(length=16)
     enc = hf_trunc.encode_batch(sentences[:200])

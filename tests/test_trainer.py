@@ -22,7 +22,8 @@ from groupbert_tf import flops
 from groupbert_tf.config import GroupBertConfig
 from groupbert_tf.models import GroupBertPretrainer
 from training import callbacks as training_callbacks
-from training import data, pretraining_data, trainer
+from training import trainer
+from training.data import download, pretraining_data
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEQ, PREDS = 64, 10
@@ -34,8 +35,8 @@ def small_config():
 
 
 def _default_data():
-    corpus = os.path.join(REPO, data.default_corpus_path())
-    vocab = os.path.join(REPO, data.default_vocab_path())
+    corpus = os.path.join(REPO, download.default_corpus_path())
+    vocab = os.path.join(REPO, download.default_vocab_path())
     if not (os.path.isfile(corpus) and os.path.isfile(vocab)):
         subprocess.run([sys.executable, "-m", "training.data", "fetch"], cwd=REPO, check=True)
     return corpus, vocab

@@ -1,6 +1,6 @@
 """`python -m training.create_pretraining_data`: corpus files -> sharded pre-training TFRecords.
 
-Runs the Apache Beam pipeline of `training.pretraining_pipeline`. Here it uses the
+Runs the Apache Beam pipeline of `training.data.pretraining_pipeline`. Here it uses the
 DirectRunner with one worker process per core; any other Beam option passes through
 to the runner, e.g. `--runner=DataflowRunner --project=... --temp_location=gs://...`
 (inputs and --output_dir then live on storage the workers reach, e.g. gs://).
@@ -26,7 +26,7 @@ import tensorflow as tf
 from absl import app, flags, logging
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from training import data, pretraining_pipeline
+from training.data import download, pretraining_pipeline
 from training import settings as settings_lib
 
 FLAGS = flags.FLAGS
@@ -61,7 +61,7 @@ def settings_from_flags(total_bytes):
                                                                    FLAGS.pool_mb * _MB)
     shards_per_pool = FLAGS.shards_per_pool or max(2, -(-8 // num_pools))
     return settings_lib.from_flags(pretraining_pipeline.Settings,
-                                   vocab=FLAGS.vocab or data.default_vocab_path(),
+                                   vocab=FLAGS.vocab or download.default_vocab_path(),
                                    num_pools=num_pools, shards_per_pool=shards_per_pool)
 
 

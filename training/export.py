@@ -74,12 +74,12 @@ def export_from_checkpoint(model_dir, config, task, export_dir, vocab=None, seq_
     `task` None: the run's recorded task. `compute_dtype="bfloat16"` serves in bfloat16
     (export.with_compute_dtype).
     """
-    from training import data  # pylint: disable=import-outside-toplevel
+    from training.data import download  # pylint: disable=import-outside-toplevel
     task = task or recorded_task(model_dir)
     config = resolve_config(config, checkpoint or model_dir)
     model, path = restore_model(task, config, model_dir, checkpoint)
     logging.info("Restored weights from %s", path)
-    written = export.export_saved_model(model, vocab or data.default_vocab_path(), export_dir,
+    written = export.export_saved_model(model, vocab or download.default_vocab_path(), export_dir,
                                         seq_length=seq_length, version=version,
                                         lower_case=lower_case, compute_dtype=compute_dtype)
     labels = os.path.join(model_dir, tasks.classification.LABELS)

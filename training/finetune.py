@@ -34,8 +34,8 @@ from groupbert_tf import export
 from groupbert_tf.models.encoder import GroupBertEncoder, as_config
 from groupbert_tf.models.pretrainer import GroupBertPretrainer
 from groupbert_tf.tokenization import BertTokenizer
-from training import data as data_lib
-from training import checkpointing, cli, flag_checks, glue_data, performance, run_folder
+from training import checkpointing, cli, flag_checks, performance, run_folder
+from training.data import download, glue_data
 from training import settings as settings_lib
 from training import tasks, trainer
 from training.optimization import WarmupPolynomialDecay, create_optimizer
@@ -116,7 +116,7 @@ def build_encoder(settings: FinetuneSettings):
         vocab = settings.vocab or os.path.join(settings.init_hf_bert, "vocab.txt")
         how = f"Initialised encoder weights from the Hugging Face BERT in {settings.init_hf_bert}"
         return encoder, vocab, how
-    vocab = settings.vocab or data_lib.default_vocab_path()
+    vocab = settings.vocab or download.default_vocab_path()
     recorded = (run_folder.read_config(settings.init_checkpoint, search_run_folder=True)
                 if settings.init_checkpoint else None)
     config = as_config(settings.config or recorded or "groupbert-mini")

@@ -16,7 +16,8 @@ from absl import app, flags, logging
 
 from groupbert_tf import export
 from groupbert_tf.config import GroupBertConfig
-from training import checkpointing, cli, data, flag_checks, pretraining_data, run_folder, tfrecord
+from training import checkpointing, cli, flag_checks, run_folder
+from training.data import download, pretraining_data, tfrecord
 from training import performance, settings as settings_lib, trainer
 from training import strategy as strategy_lib
 from training.settings import setting
@@ -109,7 +110,7 @@ def _main(argv):
         gradient_accumulation_steps=FLAGS.gradient_accumulation_steps)
     strategy_lib.per_replica_batch_size(FLAGS.batch_size, strategy.num_replicas_in_sync,
                                         "batch_size")
-    vocab = FLAGS.vocab or data.default_vocab_path()
+    vocab = FLAGS.vocab or download.default_vocab_path()
     dataset_args = dict(seq_length=FLAGS.seq_length,
                         max_predictions_per_seq=FLAGS.max_predictions_per_seq,
                         validation_fraction=FLAGS.validation_fraction)
@@ -126,7 +127,7 @@ def _main(argv):
                 shuffle=FLAGS.shuffle, seed=FLAGS.seed, shuffle_buffer=FLAGS.shuffle_buffer,
                 max_sequences_per_pack=FLAGS.max_sequences_per_pack)
     else:
-        corpus = FLAGS.corpus or [data.default_corpus_path()]
+        corpus = FLAGS.corpus or [download.default_corpus_path()]
 
         def train_dataset_fn(start_step):
             return pretraining_data.pretraining_dataset(

@@ -24,7 +24,7 @@ class GroupBertClassifier(Task):
         classifier.compile()          # AdamW 5e-5, the task's loss and accuracy
         classifier.fit(["a fine film", "a dull one"], [1, 0], batch_size=2)
 
-    Packed rows (training/packing.py) add `sequence_ids` [B, S] and `cls_positions` [B, k]:
+    Packed rows (training/data/packing.py) add `sequence_ids` [B, S] and `cls_positions` [B, k]:
     each example is classified on its own [CLS], logits are [B, k, L], labels [B, k] with
     `sequence_weights` [B, k] (1.0 on slots with an example).
     """

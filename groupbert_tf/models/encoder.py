@@ -11,7 +11,7 @@ from groupbert_tf.layers.initializers import truncated_normal
 
 # The encoder's inputs (int32 [batch, seq]); padding_mask is 1 on real tokens.
 ENCODER_INPUTS = ("token_ids", "segment_ids", "padding_mask")
-# The optional input of packed rows (training/packing.py): 0 on padding, j on the tokens of
+# The optional input of packed rows (training/data/packing.py): 0 on padding, j on the tokens of
 # the j-th sequence of the row. Without it a row is one sequence (the unpacked model).
 SEQUENCE_IDS = "sequence_ids"
 
@@ -65,7 +65,7 @@ class GroupBertEncoder(keras.Model):
 
     `GroupBertEncoder("groupbert-base")` builds a preset.
 
-    Packed rows (several sequences per row, training/packing.py) add the optional input
+    Packed rows (several sequences per row, training/data/packing.py) add the optional input
     `sequence_ids`: attention and convolution stay within each sequence and positions restart
     at each one, so every sequence gets the outputs it gets unpacked. `pooled_output` is then
     the first sequence's; `pool(sequence_output, cls_positions)` pools every sequence.

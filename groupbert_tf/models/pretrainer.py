@@ -17,7 +17,7 @@ class GroupBertPretrainer(Task):
     Labels: `masked_lm_ids` [B, P], `masked_lm_weights` [B, P] (0 on unused slots),
     `next_sentence_labels` [B] (0 = IsNext, 1 = NotNext, as Google's BERT data).
 
-    Packed rows (training/packing.py) add `sequence_ids` [B, S] and `cls_positions` [B, k] to
+    Packed rows (training/data/packing.py) add `sequence_ids` [B, S] and `cls_positions` [B, k] to
     the inputs; `next_sentence_labels` is then [B, k] and the labels hold `sequence_weights`
     [B, k] (1.0 on slots with a sequence): NSP runs on every sequence's [CLS], MLM on all
     masked tokens of the row.

@@ -14,7 +14,7 @@ from groupbert_tf.models.encoder import GroupBertEncoder, as_config
 
 def sequence_weights(y, labels):
     """1.0 per real sequence: the `sequence_weights` [B, k] of packed rows
-    (training/packing.py; 0 on empty slots), else one per row, shaped like `labels`."""
+    (training/data/packing.py; 0 on empty slots), else one per row, shaped like `labels`."""
     if isinstance(y, dict) and "sequence_weights" in y:
         return ops.cast(y["sequence_weights"], "float32")
     return ops.ones(ops.shape(labels), "float32")

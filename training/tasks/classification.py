@@ -5,7 +5,7 @@ import os
 from absl import logging
 
 from groupbert_tf.models import GroupBertClassifier
-from training import glue_data
+from training.data import glue_data
 from training.tasks.base import Inputs, TrainingTask
 
 LABELS = "labels.txt"  # Beside the checkpoints and in the export: index i is line i.

@@ -4,7 +4,7 @@ import keras
 from absl import logging
 
 from groupbert_tf.models import GroupBertSpanLabeler
-from training import squad_data
+from training.data import squad_data
 from training.tasks.base import Inputs, TrainingTask
 
 

