@@ -1,111 +1,170 @@
-"""MLM validation loss against training FLOPs (and wall-clock): BERT vs GroupBERT, plus ablation.
+"""GroupBERT against BERT at scale: validation MLM loss against training FLOPs and wall-clock.
 
-A small-scale version of the paper's loss-vs-FLOPs Pareto figure. Every run pre-trains
-(MLM + NSP, `training.trainer.pretrain`, in-process) on the same corpus (the default Wikipedia
-extracts, `python -m training.data fetch`), with the same sequence length, batch size and number
-of steps, i.e. the same token budget. Each family uses its own recipe:
+The paper's claim is that GroupBERT reaches the next-larger BERT's MLM loss with under half its
+FLOPs (Graphcore's blog: "2x training speed"). Every run here pre-trains (MLM + NSP,
+`training.trainer.pretrain`, in-process) for the same number of real tokens (`--tokens`,
+default 10M) on the large real corpus (`make data-large`, docs/data.md) at seq 128, packed
+(`--pack` sequences per row, training/data/packing.py), in one precision and compile mode for
+every run (`--precision`, `--compile_mode`: the fastest on the machine, docs/results.md).
+Each family keeps its own recipe:
 
-  BERT       post-norm, dense FFN, dropout 0.1 / 0.1, its learning rate
-  GroupBERT  pre-norm, grouped FFN, conv module, no dropout, its learning rate
+  BERT       post-norm, dense FFN, dropout 0.1 / 0.1
+  GroupBERT  pre-norm, grouped FFN, conv module, no dropout
 
-Runs (see `all_runs`; names carry the LR, e.g. `groupbert-tiny-lr0.01`):
-  main      {bert,groupbert}-{micro,tiny,small} at the chosen LRs (`--bert_lr`, `--groupbert_lr`)
-  sweep     LR sweep of both families at `tiny` (`SWEEP`; it picked the default LRs)
-  ablation  at `tiny`: BERT + one enhancement each (GFFN, conv module, pre-norm at GroupBERT's
-            LR, no dropout); "all together" is groupbert-tiny.
+Sizes (`SIZES`: layers x hidden, heads = hidden / 64, FFN 4 x hidden) are chosen so adjacent
+BERT sizes differ by >= 2x in training FLOPs and the MLM decoder is < 30% of them
+(`python -m benchmarks.pareto sizes` prints both).
 
-Results: docs/results.md. `report` writes `<root>/results.json` (every summary, the targets and
-a unigram reference loss) and docs/figures/pareto_loss_vs_flops.png / pareto_ablation.png.
+Runs, in the order `train` takes them:
+  sweep     both families at the smallest size over `SWEEP` (GroupBERT's grid starts 2x
+            higher: the paper's higher-LR claim), each grid extended past an end that holds
+            the best final loss; the best final loss picks each family's LR
+  main      both families at every size at the picked LRs, seed 0, then seed 1
+            (the sweep run at the picked LR is seed 0 of the smallest size)
+  ablation  at the smallest size: BERT + one enhancement each
 
-Validation: the held-out documents of `training.data.pretraining_data.split_documents` (1%), packed
-once and masked `--val_mask_draws` times with fixed seeds, stored in `<root>/data_seq*.npz`, so
-every model is scored on exactly the same masked tokens.
+During each run the validation MLM loss is measured at `CURVE_FRACTIONS` of the run, giving the
+paper-style loss-against-FLOPs curve; the curve and the summary go to
+`docs/results/pareto/<run>.json` and are committed the moment the run ends (`--commit`). A
+killed run resumes from its last checkpoint (every 1/8 of the run). The wall-clock axis is
+step count x the median step time of `steptime`, which interleaves one training step of every
+model in rounds, so every model sees the same machine load; the runs' own wall time (which
+depends on whatever else ran) is kept in the summaries but not plotted.
 
-Every run writes `<root>/<name>/summary.json`; a run whose summary exists is skipped, and an
-interrupted run resumes from its checkpoint. Runs can be split across processes with
-`--worker i --num_workers k` (each takes every k-th pending run).
+Validation: the held-out documents (`--validation_fraction`), packed and masked once with a
+fixed seed (`--val_rows` rows), so every model is scored on the same masked tokens.
 
-    python -m benchmarks.pareto prepare
-    python -m benchmarks.pareto train --worker 0 --num_workers 2   # and --worker 1, in parallel
-    python -m benchmarks.pareto report      # results.json + docs/figures/pareto*.png
-    python -m benchmarks.pareto list        # every run, done or not
+    python -m benchmarks.pareto sizes
+    python -m benchmarks.pareto prepare              # tokenizes, packs, masks; data.json
+    python -m benchmarks.pareto train --commit       # every pending run, in order, resumable
+    python -m benchmarks.pareto steptime             # interleaved step times -> steptime.json
+    python -m benchmarks.pareto report               # figures and tables from the JSON files
+    python -m benchmarks.pareto list
 """
 
 import argparse
 import dataclasses
 import datetime
+import itertools
 import json
 import math
 import os
 import platform
+import subprocess
 import sys
 import time
 
+import keras
 import numpy as np
 
-SIZES = {
-    # name: (layers, hidden); heads = hidden / 64, intermediate = 4 * hidden. `tiny` is the
-    # preset; `micro` and `small` are custom. `mini` (4 x 256) and a 3 x 192 `small` were too slow
-    # for the budget on the shared 2-core machine (docs/results.md).
-    "micro": (1, 128),
-    "tiny": (2, 128),
-    "small": (2, 192),
-}
-SIZE_ORDER = ("micro", "tiny", "small")
-
-# Learning rates (LAMB, sqrt warmup then linear decay). The sweep below picked these (both
-# families' best was 0.01 at this budget); see docs/results.md. Change them after a new sweep.
-BERT_LR = 1e-2
-GROUPBERT_LR = 1e-2
-SWEEP = {"bert": (5e-3, 1e-2, 2e-2), "groupbert": (1e-2, 2e-2)}
-ABLATION_SIZE = "tiny"
+SIZES = {"4x256": (4, 256), "6x384": (6, 384), "8x512": (8, 512)}
+SIZE_ORDER = tuple(SIZES)
+SMALLEST = SIZE_ORDER[0]
+SWEEP = {"bert": (5e-3, 1e-2, 2e-2), "groupbert": (1e-2, 2e-2, 4e-2)}
+SWEEP_EXTENSIONS = 2
+SEEDS = (0, 1)
+ABLATIONS = (  # label, GroupBertConfig overrides on BERT, whose LR it trains at
+    ("bert+gffn", dict(ffn_groups=4), "bert"),
+    ("bert+conv", dict(use_conv_module=True), "bert"),
+    ("bert+prenorm", dict(norm_placement="pre", layer_norm_epsilon=1e-3), "groupbert"),
+    ("bert+nodropout", dict(hidden_dropout=0.0, attention_dropout=0.0), "bert"),
+)
+CURVE_FRACTIONS = (1 / 16, 1 / 8, 1 / 4, 3 / 8, 1 / 2, 3 / 4, 1.0)
+CHECKPOINTS_PER_RUN = 8
+REPORT = "report.json"  # in --results, beside the runs
 
 
 @dataclasses.dataclass(frozen=True)
 class Run:
     name: str
-    group: str  # main | sweep | ablation
+    group: str  # sweep | main | ablation
     family: str  # bert | groupbert | ablation label
     size: str
     overrides: tuple  # GroupBertConfig field overrides on top of the family preset
     preset_family: str  # bert | groupbert
     learning_rate: float
+    seed: int
 
     def config(self):
-        from groupbert_tf.config import GroupBertConfig
-        layers, hidden = SIZES[self.size]
-        base = GroupBertConfig.from_preset(f"{self.preset_family}-tiny")
-        return base.replace(num_layers=layers, hidden_size=hidden, num_heads=hidden // 64,
-                            intermediate_size=4 * hidden, **dict(self.overrides))
+        return size_config(self.preset_family, self.size).replace(**dict(self.overrides))
 
 
-def _lr_tag(lr):
-    return f"{lr:g}"
+def size_config(family, size):
+    from groupbert_tf.config import GroupBertConfig
+    layers, hidden = SIZES[size]
+    return GroupBertConfig.from_preset(f"{family}-tiny").replace(
+        num_layers=layers, hidden_size=hidden, num_heads=hidden // 64,
+        intermediate_size=4 * hidden)
 
 
-def all_runs(bert_lr=BERT_LR, groupbert_lr=GROUPBERT_LR):
-    """Every run; names carry the LR, so the main `tiny` runs *are* sweep runs (no duplicate)."""
-    runs = {}
-    lrs = {"bert": bert_lr, "groupbert": groupbert_lr}
-    for family, values in SWEEP.items():
-        for lr in values:
-            name = f"{family}-{ABLATION_SIZE}-lr{_lr_tag(lr)}"
-            runs[name] = Run(name, "sweep", family, ABLATION_SIZE, (), family, lr)
-    for size in SIZE_ORDER:
-        for family in ("bert", "groupbert"):
-            name = f"{family}-{size}-lr{_lr_tag(lrs[family])}"
-            runs[name] = Run(name, "main", family, size, (), family, lrs[family])
-    ablations = [
-        ("bert+gffn", dict(ffn_groups=4), bert_lr),
-        ("bert+conv", dict(use_conv_module=True), bert_lr),
-        ("bert+prenorm", dict(norm_placement="pre", layer_norm_epsilon=1e-3), groupbert_lr),
-        ("bert+nodropout", dict(hidden_dropout=0.0, attention_dropout=0.0), bert_lr),
-    ]
-    for label, overrides, lr in ablations:
-        name = f"ablation/{label}-{ABLATION_SIZE}-lr{_lr_tag(lr)}"
-        runs[name] = Run(name, "ablation", label, ABLATION_SIZE,
-                         tuple(sorted(overrides.items())), "bert", lr)
-    return list(runs.values())
+def _run(group, family, size, lr, seed, overrides=(), preset_family=None):
+    prefix = "ablation/" if group == "ablation" else ""
+    return Run(f"{prefix}{family}-{size}-lr{lr:g}-seed{seed}", group, family, size,
+               tuple(sorted(dict(overrides).items())), preset_family or family, lr, seed)
+
+
+def sweep_grid(family, done):
+    """The family's LR grid: `SWEEP`, extended by 2x past whichever end holds the best final
+    loss once every point has finished (at most `SWEEP_EXTENSIONS` times)."""
+    grid = list(SWEEP[family])
+    for _ in range(SWEEP_EXTENSIONS):
+        names = {lr: _run("sweep", family, SMALLEST, lr, 0).name for lr in grid}
+        if not all(name in done for name in names.values()):
+            break
+        best = min(grid, key=lambda lr: _final_loss(done[names[lr]]))
+        if best == grid[0]:
+            grid.insert(0, grid[0] / 2)
+        elif best == grid[-1]:
+            grid.append(grid[-1] * 2)
+        else:
+            break
+    return grid
+
+
+def sweep_runs(done):
+    """Both families' sweep runs, alternating, each from the middle of its grid outwards, so
+    each family's grid fills in step and the likeliest best comes first."""
+    grids = [[_run("sweep", family, SMALLEST, lr, 0) for lr in sorted(
+        sweep_grid(family, done), key=lambda lr: abs(math.log(lr / SWEEP[family][1])))]
+        for family in SWEEP]
+    return [run for pair in itertools.zip_longest(*grids) for run in pair if run]
+
+
+def picked_learning_rates(args):
+    """{family: LR}: the flags if given, else the best final loss of the family's finished
+    sweep (None until then)."""
+    picked = {"bert": args.bert_lr, "groupbert": args.groupbert_lr}
+    done = {r["name"]: r for r in load_results(args)}
+    for family in picked:
+        runs = [r for r in sweep_runs(done) if r.family == family]
+        if picked[family] is None and all(r.name in done for r in runs):
+            picked[family] = min(runs, key=lambda r: _final_loss(done[r.name])).learning_rate
+    return picked
+
+
+def all_runs(args):
+    """Every run in training order; main and ablation runs appear once their LR is known."""
+    lrs = picked_learning_rates(args)
+    runs = sweep_runs({r["name"]: r for r in load_results(args)})
+    sweep_names = {r.name for r in runs}
+
+    def main_runs(seed):
+        return [_run("main", family, size, lrs[family], seed)
+                for size in SIZE_ORDER for family in ("bert", "groupbert") if lrs[family]]
+
+    for run in main_runs(0):
+        if run.name not in sweep_names:
+            runs.append(run)
+    runs += [_run("ablation", label, SMALLEST, lrs[lr_family], 0, overrides, "bert")
+             for label, overrides, lr_family in ABLATIONS if lrs[lr_family]]
+    runs += main_runs(1)
+    return runs
+
+
+def main_run_names(args, seed):
+    lrs = picked_learning_rates(args)
+    return {(family, size): _run("main", family, size, lrs[family], seed).name
+            for size in SIZE_ORDER for family in ("bert", "groupbert") if lrs[family]}
 
 
 # ------------------------------------------------------------------------------------------
@@ -113,235 +172,67 @@ def all_runs(bert_lr=BERT_LR, groupbert_lr=GROUPBERT_LR):
 # ------------------------------------------------------------------------------------------
 
 def data_path(args):
-    return os.path.join(args.root, f"data_seq{args.seq_length}_p{args.max_predictions}.npz")
+    return os.path.join(args.root, f"data_seq{args.seq_length}_pack{args.pack}.npz")
+
+
+def data_record_path(args):
+    return os.path.join(args.results, "data.json")
+
+
+def corpus_paths(args):
+    from training.data import download, large_corpus
+    paths = args.corpus or large_corpus.corpus_paths(download.DEFAULT_DATA_DIR)
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if missing:
+        raise SystemExit(f"pareto: error: corpus file {missing[0]} is missing: run "
+                         "`make data-large` (or pass --corpus)")
+    return paths
 
 
 def prepare(args):
-    """Tokenizes and packs the corpus once; masks the validation split `val_mask_draws` times."""
+    """Tokenizes, pairs and packs the corpus once; masks `--val_rows` validation rows."""
     path = data_path(args)
     if os.path.exists(path):
-        print(f"{path} exists")
         return
     import tensorflow as tf
     from groupbert_tf import tokenization
-    from training.data import download, masking, pretraining_data as pd
+    from training.data import download, masking, packing, pretraining_data as pd
 
-    corpus = args.corpus or download.default_corpus_path()
-    vocab = args.vocab or download.default_vocab_path()
-    tokenizer = tokenization.BertTokenizer(vocab)
-    train_docs, val_docs = pd.split_documents(pd.read_documents(corpus),
-                                              args.validation_fraction)
+    tokenizer = tokenization.BertTokenizer(args.vocab or download.default_vocab_path())
+    corpus = corpus_paths(args)
+    train_docs, val_docs = pd.split_documents(pd.read_documents(corpus), args.validation_fraction)
     start = time.time()
-    train = pd.create_examples(pd.tokenize_documents(train_docs, tokenizer), tokenizer,
-                               args.seq_length, dupe_factor=5, seed=0)
-    val = pd.create_examples(pd.tokenize_documents(val_docs, tokenizer), tokenizer,
-                             args.seq_length, dupe_factor=1, seed=0)
-    print(f"packed {len(train['token_ids'])} train / {len(val['token_ids'])} validation "
-          f"examples from {len(train_docs)} / {len(val_docs)} documents "
-          f"in {time.time() - start:.0f}s")
-    arrays = {f"train_{k}": v for k, v in train.items()}
-    arrays.update({f"valraw_{k}": v for k, v in val.items()})
-    masked = {}
-    for draw in range(args.val_mask_draws):
-        masker = masking.MlmMasker(tokenizer.vocab_size, tokenizer.mask_id, tokenizer.special_ids,
-                                   max_predictions_per_seq=args.max_predictions, seed=1000 + draw)
-        tf.random.set_seed(1000 + draw)
-        features, labels = masker({k: tf.constant(v) for k, v in val.items()})
-        for key, value in {**features, **labels}.items():
-            masked.setdefault(key, []).append(value.numpy())
-    arrays.update({f"val_{k}": np.concatenate(v) for k, v in masked.items()})
+    arrays, record = {}, {"corpus": corpus, "seq_length": args.seq_length, "pack": args.pack}
+    for split, docs, dupe in (("train", train_docs, args.dupe_factor), ("val", val_docs, 1)):
+        pairs = pd.create_examples(pd.tokenize_documents(docs, tokenizer), tokenizer,
+                                   args.seq_length, dupe_factor=dupe, seed=0)
+        rows, efficiency = packing.pack_examples(pairs, args.seq_length, args.pack, seed=0,
+                                                 per_sequence=("next_sentence_labels",))
+        record[split] = {"documents": len(docs), "pairs": len(pairs["token_ids"]),
+                         "rows": len(rows["token_ids"]), "packing_efficiency": efficiency,
+                         "real_tokens": int(rows["padding_mask"].sum())}
+        arrays.update({f"{split}_{k}": v for k, v in rows.items()})
+        print(f"{split}: {record[split]} ({time.time() - start:.0f}s)", flush=True)
+    val = {k[len("val_"):]: arrays.pop(k)[:args.val_rows] for k in list(arrays)
+           if k.startswith("val_")}
+    masker = masking.MlmMasker(tokenizer.vocab_size, tokenizer.mask_id, tokenizer.special_ids,
+                               max_predictions_per_seq=args.max_predictions, seed=1000)
+    tf.random.set_seed(1000)
+    features, labels = masker({k: tf.constant(v) for k, v in val.items()})
+    arrays.update({f"val_{k}": v.numpy() for k, v in {**features, **labels}.items()})
+    record["val"]["rows_used"] = int(len(arrays["val_token_ids"]))
+    record["val"]["masked_tokens"] = int(arrays["val_masked_lm_weights"].sum())
+    record["unigram_validation_mlm_loss"] = unigram_loss(arrays)
     os.makedirs(args.root, exist_ok=True)
     np.savez(path + ".tmp.npz", **arrays)
     os.replace(path + ".tmp.npz", path)
-    print(f"wrote {path}: validation {len(arrays['val_token_ids'])} masked sequences "
-          f"({args.val_mask_draws} draws), {int(arrays['val_masked_lm_weights'].sum())} "
-          "masked tokens")
+    _write_json(data_record_path(args), record)
+    print(f"wrote {path} and {data_record_path(args)}: {record}")
 
 
-def _datasets(args):
-    import tensorflow as tf
-    from groupbert_tf import tokenization
-    from training.data import download, masking
-
-    arrays = np.load(data_path(args))
-    tokenizer = tokenization.BertTokenizer(args.vocab or download.default_vocab_path())
-    train = {k[len("train_"):]: arrays[k] for k in arrays.files if k.startswith("train_")}
-    val = {k[len("val_"):]: arrays[k] for k in arrays.files if k.startswith("val_")}
-
-    def train_dataset_fn(start_step):
-        ds = tf.data.Dataset.from_tensor_slices(train)
-        ds = ds.shuffle(10_000, seed=args.seed + start_step, reshuffle_each_iteration=True)
-        ds = ds.repeat().batch(args.batch_size, drop_remainder=True)
-        masker = masking.MlmMasker(tokenizer.vocab_size, tokenizer.mask_id,
-                                   tokenizer.special_ids,
-                                   max_predictions_per_seq=args.max_predictions,
-                                   seed=args.seed + start_step)
-        return ds.map(masker, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
-
-    feature_keys = ("token_ids", "segment_ids", "padding_mask", "masked_lm_positions")
-    features = {k: val[k] for k in feature_keys}
-    labels = {k: val[k] for k in ("masked_lm_ids", "masked_lm_weights", "next_sentence_labels")}
-    n = (len(val["token_ids"]) // args.batch_size) * args.batch_size
-    validation = tf.data.Dataset.from_tensor_slices(
-        ({k: v[:n] for k, v in features.items()}, {k: v[:n] for k, v in labels.items()})
-    ).batch(args.batch_size, drop_remainder=True)
-    return train_dataset_fn, validation
-
-
-# ------------------------------------------------------------------------------------------
-# Training
-# ------------------------------------------------------------------------------------------
-
-def summary_path(args, run):
-    return os.path.join(args.root, run.name, "summary.json")
-
-
-def train_one(args, run, train_dataset_fn, validation):
-    import keras
-    import tensorflow as tf
-    from groupbert_tf import flops
-    from training import trainer
-
-    config = run.config()
-    model_dir = os.path.join(args.root, run.name)
-    os.makedirs(model_dir, exist_ok=True)
-    settings = trainer.TrainingSettings(
-        model_dir=model_dir, train_steps=args.train_steps, global_batch_size=args.batch_size,
-        seq_length=args.seq_length, max_predictions_per_seq=args.max_predictions,
-        optimizer="lamb", learning_rate=run.learning_rate, warmup_steps=args.warmup_steps,
-        warmup_power=0.5, weight_decay=0.01, checkpoint_every=args.train_steps,
-        log_every=max(args.train_steps // 4, 1), precision="float32", compile_mode="xla",
-        verbose=2)
-    keras.backend.clear_session()
-    keras.utils.set_random_seed(args.seed)
-    flops_per_seq = flops.training_flops(config, args.seq_length, args.max_predictions)
-    print(f"=== {run.name}: lr {run.learning_rate}, {flops.count_params(config, True):,} params, "
-          f"{flops_per_seq / 1e9:.3f} GFLOP/seq/step", flush=True)
-    start = time.time()
-    diverged = None
-    try:
-        model, throughput, results = trainer.pretrain(
-            config, settings, tf.distribute.get_strategy(), train_dataset_fn, validation)
-        step = int(model.optimizer.iterations.numpy())
-    except FloatingPointError as error:  # NaN guard of the trainer's checkpoint callback.
-        diverged, results, throughput, step = str(error), None, None, None
-    wall = time.time() - start
-    summary = {
-        "name": run.name, "group": run.group, "family": run.family, "size": run.size,
-        "preset_family": run.preset_family, "learning_rate": run.learning_rate,
-        "config": config.to_dict(),
-        "params_with_heads": flops.count_params(config, True),
-        "params_encoder": flops.count_params(config),
-        "train_steps": args.train_steps, "step": step, "batch_size": args.batch_size,
-        "seq_length": args.seq_length, "max_predictions_per_seq": args.max_predictions,
-        "warmup_steps": args.warmup_steps, "optimizer": "lamb",
-        "tokens": args.train_steps * args.batch_size * args.seq_length,
-        "training_flops_per_sequence": flops_per_seq,
-        "training_flops": flops_per_seq * args.train_steps * args.batch_size,
-        "wall_seconds": wall,  # pretrain() call: build, XLA compile, training, validation
-        "diverged": diverged,
-        "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "host": platform.node(), "cpus": os.cpu_count(),
-    }
-    if throughput is not None and throughput.history:
-        summary.update(throughput.history[-1])
-    if results:
-        summary.update({f"validation_{k}": float(v) for k, v in results.items()})
-    with open(summary_path(args, run) + ".tmp", "w") as f:
-        json.dump(summary, f, indent=2)
-    os.replace(summary_path(args, run) + ".tmp", summary_path(args, run))
-    print(f"=== {run.name}: validation MLM loss {summary.get('validation_mlm_loss')}, "
-          f"{wall:.0f}s wall{' DIVERGED' if diverged else ''}", flush=True)
-
-
-def selected_runs(args):
-    runs = all_runs(args.bert_lr, args.groupbert_lr)
-    if args.groups:
-        runs = [r for r in runs if r.group in args.groups]
-    if args.only:
-        runs = [r for r in runs if r.name in args.only]
-    return runs
-
-
-def train(args):
-    prepare(args)
-    pending = [r for r in selected_runs(args) if not os.path.exists(summary_path(args, r))]
-    mine = pending[args.worker::args.num_workers]
-    print(f"worker {args.worker}/{args.num_workers}: {len(mine)} of {len(pending)} pending runs: "
-          f"{[r.name for r in mine]}", flush=True)
-    if not mine:
-        return
-    train_dataset_fn, validation = _datasets(args)
-    for run in mine:
-        if os.path.exists(summary_path(args, run)):  # Another process finished it meanwhile.
-            continue
-        train_one(args, run, train_dataset_fn, validation)
-
-
-# ------------------------------------------------------------------------------------------
-# Report
-# ------------------------------------------------------------------------------------------
-
-def load_results(args):
-    out = []
-    for run in all_runs(args.bert_lr, args.groupbert_lr):
-        path = summary_path(args, run)
-        if os.path.exists(path):
-            with open(path) as f:
-                result = json.load(f)
-            result["group"] = run.group  # The current LR choice decides which runs are "main".
-            out.append(result)
-    return out
-
-
-def _loss(r):
-    value = r.get("validation_mlm_loss")
-    return value if value is not None and math.isfinite(value) else float("nan")
-
-
-def _interp_flops_at_loss(points, target):
-    """FLOPs at which the piecewise log-linear loss(FLOPs) curve through `points` reaches
-    `target` (None when the curve never gets that low, only linear inside the measured range)."""
-    points = sorted(points)
-    for (f0, l0), (f1, l1) in zip(points, points[1:]):
-        if (l0 - target) * (l1 - target) <= 0 and l0 != l1:
-            t = (l0 - target) / (l0 - l1)
-            return math.exp(math.log(f0) + t * (math.log(f1) - math.log(f0)))
-    return None
-
-
-def targets(results):
-    """'GroupBERT reaches the validation loss of the next-larger BERT with <= 0.5x its FLOPs'."""
-    main = {(r["family"], r["size"]): r for r in results if r["group"] == "main"}
-    gb_points = [(main[("groupbert", s)]["training_flops"], _loss(main[("groupbert", s)]))
-                 for s in SIZE_ORDER if ("groupbert", s) in main]
-    rows = []
-    for i, size in enumerate(SIZE_ORDER[:-1]):
-        larger = SIZE_ORDER[i + 1]
-        if ("groupbert", size) not in main or ("bert", larger) not in main:
-            continue
-        gb, bert = main[("groupbert", size)], main[("bert", larger)]
-        needed = _interp_flops_at_loss(gb_points, _loss(bert))
-        bound = needed is None and gb_points and min(gb_points)[1] <= _loss(bert)
-        if bound:  # Even the smallest GroupBERT is below: its FLOPs are an upper bound.
-            needed = min(gb_points)[0]
-        rows.append({
-            "groupbert": f"groupbert-{size}", "bert": f"bert-{larger}",
-            "groupbert_loss": _loss(gb), "bert_loss": _loss(bert),
-            "flops_ratio": gb["training_flops"] / bert["training_flops"],
-            "reaches": _loss(gb) <= _loss(bert),
-            "holds": _loss(gb) <= _loss(bert) and gb["training_flops"] <= 0.5 * bert["training_flops"],
-            "groupbert_flops_to_match": needed,
-            "flops_ratio_to_match": needed / bert["training_flops"] if needed else None,
-            "flops_to_match_is_upper_bound": bool(bound),
-        })
-    return rows
-
-
-def unigram_baseline(args):
-    """Cross-entropy of the training split's unigram distribution on the validation masked tokens:
-    the loss of a model that ignores context (add-0.01 smoothing; special tokens excluded)."""
-    arrays = np.load(data_path(args))
+def unigram_loss(arrays):
+    """Cross-entropy of the training rows' unigram distribution on the validation masked
+    tokens: the loss of a model that ignores context (add-0.01 smoothing; specials excluded)."""
     tokens = arrays["train_token_ids"][arrays["train_padding_mask"] == 1]
     counts = np.bincount(tokens, minlength=int(tokens.max()) + 1).astype(np.float64)
     counts[[0, 100, 101, 102, 103]] = 0  # [PAD] [UNK] [CLS] [SEP] [MASK] (bert-base-uncased)
@@ -352,176 +243,501 @@ def unigram_baseline(args):
     return float(-(log_p[ids] * weights).sum() / weights.sum())
 
 
-def _log_ticks(ax, values):
-    """Readable ticks on a log axis that spans less than a decade (1, 1.5, 2, 3, 5, 7 x 10^k)."""
-    import matplotlib.ticker
-    lo, hi = min(values) / 1.1, max(values) * 1.1
-    ticks = [m * 10 ** e for e in range(int(math.floor(math.log10(lo))),
-                                         int(math.ceil(math.log10(hi))) + 1)
-             for m in (1, 1.5, 2, 3, 5, 7) if lo <= m * 10 ** e <= hi]
-    ax.set_xlim(lo, hi)
-    ax.xaxis.set_major_locator(matplotlib.ticker.FixedLocator(ticks))
-    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
-    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(
-        lambda x, _: f"{x:g}" if x < 1e4 else f"{x:.2g}".replace("e+", "e")))
+def load_data(args):
+    """(train arrays, validation (features, labels) numpy dicts, data record)."""
+    from training.data import masking
+    arrays = np.load(data_path(args))
+    train = {k[len("train_"):]: arrays[k] for k in arrays.files if k.startswith("train_")}
+    val = masking.split_features_labels(
+        {k[len("val_"):]: arrays[k] for k in arrays.files if k.startswith("val_")})
+    with open(data_record_path(args)) as f:
+        return train, val, json.load(f)
 
 
-def plot(args, results):
+def train_steps(args, record):
+    """Optimizer steps that feed `--tokens` real tokens at the packing efficiency."""
+    tokens_per_step = args.batch_size * args.seq_length * record["train"]["packing_efficiency"]
+    return math.ceil(args.tokens / tokens_per_step)
+
+
+def train_dataset_fn(args, train, seed):
+    import tensorflow as tf
+    from groupbert_tf import tokenization
+    from training.data import download, masking
+
+    tokenizer = tokenization.BertTokenizer(args.vocab or download.default_vocab_path())
+
+    def dataset(start_step):
+        ds = tf.data.Dataset.from_tensor_slices(train)
+        ds = ds.shuffle(20_000, seed=seed * 7919 + start_step, reshuffle_each_iteration=True)
+        ds = ds.repeat().batch(args.batch_size, drop_remainder=True)
+        masker = masking.MlmMasker(tokenizer.vocab_size, tokenizer.mask_id,
+                                   tokenizer.special_ids,
+                                   max_predictions_per_seq=args.max_predictions,
+                                   seed=seed * 7919 + start_step)
+        return ds.map(masker, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+    return dataset
+
+
+# ------------------------------------------------------------------------------------------
+# Training
+# ------------------------------------------------------------------------------------------
+
+def result_path(args, run):
+    return os.path.join(args.results, f"{run.name}.json")
+
+
+def _write_json(path, value):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        json.dump(value, f, indent=1)
+    os.replace(path + ".tmp", path)
+
+
+def curve_steps(steps):
+    return sorted({max(1, round(f * steps)) for f in CURVE_FRACTIONS})
+
+
+class ValidationCurve(keras.callbacks.Callback):
+    """Validation MLM/NSP loss at `steps`, kept in `path` (JSON) so a resumed run keeps the
+    points it measured before it was killed."""
+
+    def __init__(self, path, validation, steps, batch_size):
+        super().__init__()
+        self.path, self.steps = path, set(steps)
+        self.validation, self.batch_size = validation, batch_size
+        self.points = {}
+        if os.path.exists(path):
+            with open(path) as f:
+                self.points = {p["step"]: p for p in json.load(f)}
+        self._sums = None
+
+    def _score(self):
+        import tensorflow as tf
+        if self._sums is None:
+            @tf.function
+            def sums(x, y):
+                y_pred = self.model(x, training=False)
+                return self.model.loss_sums(y, y_pred), self.model.loss_counts(y)
+            self._sums = sums
+        features, labels = self.validation
+        totals = {}
+        for start in range(0, len(features["token_ids"]), self.batch_size):
+            batch = [{k: v[start:start + self.batch_size] for k, v in d.items()}
+                     for d in (features, labels)]
+            sums, counts = self._sums(*batch)
+            for key in sums:
+                s, c = totals.get(key, (0.0, 0.0))
+                totals[key] = (s + float(sums[key]), c + float(counts[key]))
+        return {f"{k}_loss": s / max(c, 1.0) for k, (s, c) in totals.items()}
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = int(self.model.optimizer.iterations.numpy())
+        if step in self.steps and step not in self.points:
+            start = time.time()
+            self.points[step] = {"step": step, **self._score(),
+                                 "eval_seconds": time.time() - start,
+                                 "time": datetime.datetime.now().isoformat("T", "seconds")}
+            _write_json(self.path, sorted(self.points.values(), key=lambda p: p["step"]))
+            print(f"  step {step}: validation {self.points[step]}", flush=True)
+
+
+def settings_for(args, run, steps, model_dir):
+    from training import trainer
+    return trainer.TrainingSettings(
+        model_dir=model_dir, train_steps=steps, global_batch_size=args.batch_size,
+        seq_length=args.seq_length, max_predictions_per_seq=args.max_predictions,
+        optimizer="lamb", learning_rate=run.learning_rate, warmup_steps=max(steps // 10, 1),
+        warmup_power=0.5, weight_decay=0.01,
+        checkpoint_every=max(steps // CHECKPOINTS_PER_RUN, 1),
+        log_every=max(steps // 8, 1), precision=args.precision,
+        compile_mode=args.compile_mode, verbose=0)
+
+
+def train_one(args, run, train, validation, record):
+    import tensorflow as tf
+    from groupbert_tf import flops
+    from training import trainer
+
+    config = run.config()
+    steps = train_steps(args, record)
+    model_dir = os.path.join(args.root, run.name)
+    os.makedirs(model_dir, exist_ok=True)
+    settings = settings_for(args, run, steps, model_dir)
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(run.seed)
+    flops_per_step = flops.training_flops(config, args.seq_length,
+                                          args.max_predictions) * args.batch_size
+    print(f"=== {run.name}: lr {run.learning_rate}, {steps} steps, "
+          f"{flops.count_params(config, True):,} params, {flops_per_step / 1e12:.3f} "
+          f"TFLOP/step", flush=True)
+    curve_file = os.path.join(model_dir, "curve.json")
+    curve = ValidationCurve(curve_file, validation, curve_steps(steps), args.batch_size)
+    start = time.time()
+    diverged = None
+    try:
+        model, throughput, _ = trainer.pretrain(
+            config, settings, tf.distribute.get_strategy(),
+            train_dataset_fn(args, train, run.seed), callbacks=[curve])
+        step = int(model.optimizer.iterations.numpy())
+    except FloatingPointError as error:  # NaN guard of the trainer's checkpoint callback.
+        diverged, throughput, step = str(error), None, None
+    tokens_per_step = args.batch_size * args.seq_length * record["train"]["packing_efficiency"]
+    points = [dict(p, flops=p["step"] * flops_per_step, tokens=p["step"] * tokens_per_step)
+              for p in sorted(curve.points.values(), key=lambda p: p["step"])]
+    summary = {
+        **dataclasses.asdict(run), "overrides": dict(run.overrides),
+        "config": config.to_dict(),
+        "params_with_heads": flops.count_params(config, True),
+        "params_encoder": flops.count_params(config),
+        "train_steps": steps, "step": step, "batch_size": args.batch_size,
+        "seq_length": args.seq_length, "pack": args.pack,
+        "max_predictions_per_seq": args.max_predictions, "optimizer": "lamb",
+        "warmup_steps": settings.warmup_steps, "precision": args.precision,
+        "compile_mode": args.compile_mode,
+        "real_tokens": steps * tokens_per_step,
+        "training_flops_per_step": flops_per_step,
+        "training_flops": flops_per_step * steps,
+        "curve": points,
+        "final": points[-1] if points and points[-1]["step"] == steps else None,
+        "wall_seconds_this_process": time.time() - start,
+        "diverged": diverged,
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "host": platform.node(), "cpu": _cpu(), "cpus": os.cpu_count(),
+    }
+    if throughput is not None and throughput.history:
+        summary["throughput_last_interval"] = throughput.history[-1]
+    _write_json(result_path(args, run), summary)
+    final = summary["final"] or {}
+    print(f"=== {run.name}: validation MLM loss {final.get('mlm_loss')}"
+          f"{' DIVERGED' if diverged else ''}", flush=True)
+    if args.commit:
+        _commit(result_path(args, run), f"pareto: {run.name} (validation MLM loss "
+                                  f"{final.get('mlm_loss', float('nan')):.4f})")
+
+
+def _cpu():
+    from training import performance
+    return performance.describe_cpu(performance.cpu_flags())
+
+
+def _commit(path, message):
+    """Commits one results file (only it: other staged work stays as it is)."""
+    for _ in range(10):
+        add = subprocess.run(["git", "add", path], capture_output=True, text=True)
+        done = add.returncode == 0 and subprocess.run(
+            ["git", "commit", "-q", "-m", message, "--", path],
+            capture_output=True, text=True).returncode == 0
+        if done:
+            print(f"committed {path}", flush=True)
+            return
+        time.sleep(3)  # Another git process holds the index lock.
+    print(f"could not commit {path}: commit it by hand", flush=True)
+
+
+def train(args):
+    prepare(args)
+    train_set, validation, record = load_data(args)
+    while True:  # Sweep results unlock the main runs: re-read the queue after each run.
+        pending = [r for r in all_runs(args) if not os.path.exists(result_path(args, r))
+                   and (not args.only or r.name in args.only)
+                   and (not args.groups or r.group in args.groups)]
+        if not pending:
+            print("no pending runs", flush=True)
+            return
+        train_one(args, pending[0], train_set, validation, record)
+
+
+# ------------------------------------------------------------------------------------------
+# Step time: one training step of every model, interleaved in rounds.
+# ------------------------------------------------------------------------------------------
+
+def steptime_path(args):
+    return os.path.join(args.results, "steptime.json")
+
+
+def steptime(args):
+    """Median seconds of one optimizer step per (family, size), with the trainer's model,
+    optimizer, precision and compile mode; rounds rotate the model order."""
+    import tensorflow as tf
+    from training import performance, trainer
+
+    train_set, _, record = load_data(args)
+    batch = next(iter(train_dataset_fn(args, train_set, 0)(0)))
+    lrs = picked_learning_rates(args)
+    chosen = performance.configure(args.precision, args.compile_mode)
+    models = {}
+    with performance.dtype_policy(chosen.precision):
+        for size in SIZE_ORDER:
+            for family in ("bert", "groupbert"):
+                run = _run("main", family, size, lrs[family] or 1e-2, 0)
+                settings = settings_for(args, run, train_steps(args, record), "/tmp/unused")
+                keras.utils.set_random_seed(0)
+                models[(family, size)] = trainer.build_model(run.config(), settings)
+    times = {key: [] for key in models}
+    keys = list(models)
+    for round_index in range(args.rounds + 1):
+        order = keys[round_index % len(keys):] + keys[:round_index % len(keys)]
+        for key in order:
+            start = time.perf_counter()
+            for _ in range(args.steps_per_round):
+                logs = models[key].train_on_batch(*batch, return_dict=True)
+            float(logs["loss"])
+            if round_index:  # Round 0 compiles.
+                times[key].append((time.perf_counter() - start) / args.steps_per_round)
+        print(f"round {round_index}: " + ", ".join(
+            f"{f}-{s} {times[(f, s)][-1] * 1e3:.0f} ms" for f, s in keys if times[(f, s)]),
+            flush=True)
+    result = {
+        "precision": chosen.precision, "compile_mode": chosen.compile_mode,
+        "batch_size": args.batch_size, "seq_length": args.seq_length,
+        "rounds": args.rounds, "steps_per_round": args.steps_per_round,
+        "median_seconds": {f"{f}-{s}": float(np.median(times[(f, s)])) for f, s in keys},
+        "range_seconds": {f"{f}-{s}": [min(times[(f, s)]), max(times[(f, s)])] for f, s in keys},
+        "date": datetime.datetime.now().isoformat(timespec="seconds"), "cpu": _cpu(),
+        "cpus": os.cpu_count(), "load_average_end": os.getloadavg()[0],
+        "tf_version": tf.__version__,
+    }
+    _write_json(steptime_path(args), result)
+    print(json.dumps(result, indent=1))
+
+
+# ------------------------------------------------------------------------------------------
+# Report
+# ------------------------------------------------------------------------------------------
+
+def load_results(args):
+    out = []
+    if os.path.isdir(args.results):
+        for dirpath, _, names in os.walk(args.results):
+            for name in sorted(names):
+                if name.endswith(".json") and name not in ("data.json", "steptime.json", REPORT):
+                    with open(os.path.join(dirpath, name)) as f:
+                        out.append(json.load(f))
+    return out
+
+
+def _final_loss(result):
+    final = result.get("final") or {}
+    value = final.get("mlm_loss")
+    return value if value is not None and math.isfinite(value) else float("inf")
+
+
+def _flops_to_reach(curves, target):
+    """Least training FLOPs at which any of `curves` ([(flops, loss)] each) reaches `target`,
+    interpolating log-linearly between measured points (None when none gets that low)."""
+    best = None
+    for points in curves:
+        for (f0, l0), (f1, l1) in zip(points, points[1:]):
+            if l0 >= target >= l1 and l0 != l1:
+                t = (l0 - target) / (l0 - l1)
+                at = math.exp(math.log(f0) + t * (math.log(f1) - math.log(f0)))
+                best = at if best is None else min(best, at)
+                break
+    return best
+
+
+def _curve(result, x="flops"):
+    return [(p[x], p["mlm_loss"]) for p in result["curve"]]
+
+
+def with_wall_clock(results, step_times):
+    """Adds `seconds` (step x interleaved median step time) to every curve point."""
+    for r in results:
+        key = f"{r['preset_family']}-{r['size']}" if r["group"] != "ablation" else None
+        seconds = (step_times or {}).get(key)
+        for p in r["curve"]:
+            p["seconds"] = p["step"] * seconds if seconds else None
+    return results
+
+
+def claims(results, args):
+    """Per seed and size: GroupBERT's FLOPs (and seconds) to reach the next-larger BERT's
+    final loss, over that BERT's FLOPs (seconds); <= 0.5 is the paper's claim."""
+    rows = []
+    for seed in SEEDS:
+        names = main_run_names(args, seed)
+        by = {r["name"]: r for r in results}
+        main = {key: by[name] for key, name in names.items() if name in by and by[name]["final"]}
+        gb_curves = [_curve(r) for (family, _), r in main.items() if family == "groupbert"]
+        for smaller, larger in zip(SIZE_ORDER, SIZE_ORDER[1:]):
+            if ("groupbert", smaller) not in main or ("bert", larger) not in main:
+                continue
+            gb, bert = main[("groupbert", smaller)], main[("bert", larger)]
+            target = _final_loss(bert)
+            needed = _flops_to_reach(gb_curves, target)
+            row = {"seed": seed, "groupbert": gb["name"], "bert": bert["name"],
+                   "bert_final_loss": target, "groupbert_final_loss": _final_loss(gb),
+                   "groupbert_flops_to_match": needed,
+                   "flops_ratio": needed / bert["training_flops"] if needed else None}
+            if all(p.get("seconds") for r in main.values() for p in r["curve"]):
+                gb_time = [_curve(r, "seconds") for (f, _), r in main.items() if f == "groupbert"]
+                seconds = _flops_to_reach(gb_time, target)
+                row["time_ratio"] = seconds / bert["curve"][-1]["seconds"] if seconds else None
+            rows.append(row)
+    return rows
+
+
+def loss_table(results, targets):
+    """FLOPs and seconds each main run needs to reach each target loss (its own curve)."""
+    rows = []
+    for r in results:
+        if r["group"] == "ablation" or not r["curve"]:
+            continue
+        row = {"name": r["name"]}
+        for target in targets:
+            row[f"flops@{target:g}"] = _flops_to_reach([_curve(r)], target)
+            if r["curve"][0].get("seconds"):
+                row[f"seconds@{target:g}"] = _flops_to_reach([_curve(r, "seconds")], target)
+        rows.append(row)
+    return rows
+
+
+def plot(results, record, figures):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    os.makedirs(args.figures, exist_ok=True)
-    main = [r for r in results if r["group"] == "main"]
-    styles = {"bert": ("tab:blue", "o", "BERT (post-norm, dropout 0.1)"),
-              "groupbert": ("tab:red", "s", "GroupBERT (pre-norm, no dropout)")}
-    unigram = unigram_baseline(args)
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for ax, key, xlabel in ((axes[0], "training_flops", "training FLOPs"),
-                            (axes[1], "wall_seconds",
-                             "wall-clock s per run (shared 2-core CPU, 4-5 runs at once: noisy)")):
-        for family, (color, marker, label) in styles.items():
-            rows = sorted((r for r in main if r["family"] == family),
-                          key=lambda r: SIZE_ORDER.index(r["size"]))
-            if not rows:
+    os.makedirs(figures, exist_ok=True)
+    styles = {"bert": ("tab:blue", "BERT (post-norm, dropout 0.1)"),
+              "groupbert": ("tab:red", "GroupBERT (pre-norm, no dropout)")}
+    lines = {0: "-", 1: "--"}
+    main = [r for r in results if r["group"] in ("main", "sweep") and r["curve"]]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
+    for ax, x, label in ((axes[0], "flops", "training FLOPs"),
+                         (axes[1], "seconds", "wall-clock s on this machine "
+                          "(steps x interleaved step time)")):
+        for r in main:
+            if r["group"] == "sweep" and r["name"] not in {m["name"] for m in results
+                                                            if m["group"] == "main"}:
                 continue
-            xs, ys = [r[key] for r in rows], [_loss(r) for r in rows]
-            ax.plot(xs, ys, color=color, marker=marker, label=label)
-            for r, x, y in zip(rows, xs, ys):
-                ax.annotate(r["size"], (x, y), textcoords="offset points", xytext=(4, 4),
-                            fontsize=8, color=color)
-        ax.axhline(unigram, color="grey", linestyle="--", linewidth=1,
-                   label=f"unigram (no context): {unigram:.3f}")
+            points = [(p[x], p["mlm_loss"]) for p in r["curve"] if p.get(x)]
+            if not points:
+                continue
+            color, family_label = styles[r["family"]]
+            ax.plot(*zip(*points), color=color, linestyle=lines.get(r["seed"], ":"),
+                    marker=".", label=f"{family_label}" if r["size"] == SMALLEST
+                    and r["seed"] == 0 else None)
+            ax.annotate(r["size"], points[-1], textcoords="offset points", xytext=(3, 3),
+                        fontsize=7, color=color)
+        ax.axhline(record["unigram_validation_mlm_loss"], color="grey", linestyle=":",
+                   label=f"unigram (no context): {record['unigram_validation_mlm_loss']:.2f}")
         ax.set_xscale("log")
-        _log_ticks(ax, [r[key] for r in main])
-        ax.set_xlabel(xlabel)
+        ax.set_xlabel(label)
         ax.set_ylabel("validation MLM loss")
         ax.grid(True, which="both", alpha=0.3)
     axes[0].legend(fontsize=8)
-    if main:
-        r0 = main[0]
-        fig.suptitle(f"Pre-training, Wikipedia leads, seq {r0['seq_length']}, batch "
-                     f"{r0['batch_size']}, {r0['train_steps']} steps (same tokens for every model)",
-                     fontsize=10)
+    fig.suptitle("Pre-training on the large corpus, seq 128 packed; solid seed 0, dashed "
+                 "seed 1", fontsize=10)
     fig.tight_layout()
-    path = os.path.join(args.figures, "pareto_loss_vs_flops.png")
+    path = os.path.join(figures, "pareto_loss_vs_flops.png")
     fig.savefig(path, dpi=120)
     plt.close(fig)
     print(f"wrote {path}")
 
-    ablation = [r for r in results if r["group"] == "ablation"]
-    base = {r["family"]: r for r in main if r["size"] == ABLATION_SIZE}
-    if ablation and "bert" in base:
-        order = ["bert+gffn", "bert+conv", "bert+prenorm", "bert+nodropout"]
-        rows = [("BERT", base["bert"])]
-        rows += [(r["family"].replace("bert+", "+ "), r)
-                 for r in sorted(ablation, key=lambda r: order.index(r["family"])
-                                 if r["family"] in order else len(order))]
-        if "groupbert" in base:
-            rows.append(("all = GroupBERT", base["groupbert"]))
-        fig, ax = plt.subplots(figsize=(7.5, 3.8))
-        ys = np.arange(len(rows))[::-1]
-        reference = base["bert"]["training_flops"]
-        colors = ["tab:blue"] + ["tab:green"] * (len(rows) - 2) + ["tab:red"]
-        losses = [_loss(r) for _, r in rows]
-        ax.barh(ys, losses, color=colors[:len(rows)], height=0.6)
-        for y, (label, r), loss in zip(ys, rows, losses):
-            ax.text(loss + 0.004, y, f"{loss:.3f}  ({r['training_flops'] / reference:.2f}x FLOPs, "
-                    f"lr {r['learning_rate']:g})", va="center", fontsize=8)
-        ax.set_yticks(ys, [label for label, _ in rows])
-        ax.axvline(unigram, color="grey", linestyle="--", linewidth=1,
-                   label=f"unigram: {unigram:.3f}")
-        ax.set_xlim(min(losses) - 0.08, max(losses) + 0.12)
-        ax.set_xlabel("validation MLM loss (lower is better)")
-        ax.set_title(f"Ablation at {ABLATION_SIZE}: BERT + one GroupBERT enhancement each",
-                     fontsize=10)
-        ax.legend(fontsize=8, loc="lower right")
+    sweep = [r for r in results if r["group"] == "sweep"]
+    if sweep:
+        fig, ax = plt.subplots(figsize=(5.5, 3.8))
+        for family, (color, family_label) in styles.items():
+            rows = sorted((r["learning_rate"], _final_loss(r)) for r in sweep
+                          if r["family"] == family)
+            ax.plot(*zip(*rows), color=color, marker="o", label=family_label)
+        ax.set_xscale("log")
+        ax.set_xlabel("peak learning rate (LAMB)")
+        ax.set_ylabel("final validation MLM loss")
+        ax.set_title(f"LR sweep at {SMALLEST}", fontsize=10)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
         fig.tight_layout()
-        path = os.path.join(args.figures, "pareto_ablation.png")
+        path = os.path.join(figures, "pareto_lr_sweep.png")
         fig.savefig(path, dpi=120)
         plt.close(fig)
         print(f"wrote {path}")
 
 
-def markdown(results):
-    lines = ["| run | group | LR | params (+heads) | train FLOPs | val MLM loss | MLM acc | "
-             "NSP acc | wall s | seq/s |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in results:
-        lines.append(
-            f"| `{r['name']}` | {r['group']} | {r['learning_rate']:g} | "
-            f"{r['params_with_heads'] / 1e6:.2f} M | {r['training_flops']:.3e} | "
-            f"{_loss(r):.4f} | {r.get('validation_mlm_accuracy', float('nan')):.4f} | "
-            f"{r.get('validation_nsp_accuracy', float('nan')):.3f} | {r['wall_seconds']:.0f} | "
-            f"{r.get('sequences_per_second', float('nan')):.1f} |"
-            + (" diverged |" if r.get("diverged") else ""))
-    lines.append("")
-    lines.append("| GroupBERT | next-larger BERT | GB loss | BERT loss | FLOPs ratio GB/BERT | "
-                 "GB reaches BERT loss | target (<= 0.5x FLOPs) | GroupBERT FLOPs to match "
-                 "(log-interp. on the GB curve) / BERT FLOPs |")
-    lines.append("|---|---|---:|---:|---:|---|---|---:|")
-    for t in targets(results):
-        ratio = f"{t['flops_ratio_to_match']:.2f}" if t["flops_ratio_to_match"] else "not reached"
-        if t["flops_to_match_is_upper_bound"]:
-            ratio = "<= " + ratio + " (smallest GroupBERT already lower)"
-        lines.append(f"| `{t['groupbert']}` | `{t['bert']}` | {t['groupbert_loss']:.4f} | "
-                     f"{t['bert_loss']:.4f} | {t['flops_ratio']:.2f} | "
-                     f"{'yes' if t['reaches'] else 'no'} | {'holds' if t['holds'] else 'missed'} | "
-                     f"{ratio} |")
-    return "\n".join(lines)
-
-
 def report(args):
-    results = load_results(args)
-    out = {"results": results, "targets": targets(results),
-           "unigram_validation_mlm_loss": unigram_baseline(args)}
-    os.makedirs(os.path.dirname(args.results_json) or ".", exist_ok=True)
-    with open(args.results_json, "w") as f:
-        json.dump(out, f, indent=2)
-    print(f"wrote {args.results_json} ({len(results)} runs); unigram baseline "
-          f"{out['unigram_validation_mlm_loss']:.4f}")
-    print(markdown(results))
-    plot(args, results)
+    with open(data_record_path(args)) as f:
+        record = json.load(f)
+    step_times = None
+    if os.path.exists(steptime_path(args)):
+        with open(steptime_path(args)) as f:
+            step_times = json.load(f)["median_seconds"]
+    results = with_wall_clock(load_results(args), step_times)
+    finals = sorted(_final_loss(r) for r in results if r["final"])
+    targets = sorted({round(v, 1) for v in finals})[:6] if finals else []
+    out = {"data": record, "step_times": step_times, "claims": claims(results, args),
+           "time_to_loss": loss_table(results, targets),
+           "runs": [{k: r[k] for k in ("name", "group", "learning_rate", "seed",
+                                       "training_flops", "real_tokens")}
+                    | {"final_mlm_loss": _final_loss(r)} for r in results]}
+    _write_json(os.path.join(args.results, REPORT), out)
+    print(json.dumps(out, indent=1))
+    plot(results, record, args.figures)
+
+
+def sizes(args):
+    from groupbert_tf import flops
+    previous = None
+    for size in SIZE_ORDER:
+        for family in ("bert", "groupbert"):
+            config = size_config(family, size)
+            parts = flops.forward_flops_breakdown(config, args.seq_length, args.max_predictions)
+            total = sum(parts.values())
+            training = flops.training_flops(config, args.seq_length, args.max_predictions)
+            step_up = f", {training / previous:.2f}x the smaller BERT" if (
+                family == "bert" and previous) else ""
+            print(f"{family}-{size}: {flops.count_params(config, True) / 1e6:.1f}M params, "
+                  f"{training / 1e9:.2f} GFLOP/row/step, decoder {parts['mlm_decoder'] / total:.0%}"
+                  f"{step_up}")
+            if family == "bert":
+                previous = training
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("command", choices=["prepare", "train", "report", "list"])
-    parser.add_argument("--root", default="runs/pareto")
+    parser.add_argument("command", choices=["sizes", "prepare", "train", "steptime", "report",
+                                            "list"])
+    parser.add_argument("--root", default="runs/pareto_at_scale")
+    parser.add_argument("--results", default="docs/results/pareto",
+                        help="committed results: data.json, steptime.json, <run>.json")
     parser.add_argument("--figures", default="docs/figures")
-    parser.add_argument("--results_json", default="runs/pareto/results.json")
-    parser.add_argument("--corpus", default=None)
+    parser.add_argument("--corpus", nargs="*", default=None,
+                        help="corpus files (default: the large corpus of docs/data.md)")
     parser.add_argument("--vocab", default=None)
-    parser.add_argument("--seq_length", type=int, default=64)
-    parser.add_argument("--max_predictions", type=int, default=10)
+    parser.add_argument("--seq_length", type=int, default=128)
+    parser.add_argument("--pack", type=int, default=3, help="sequences per packed row")
+    parser.add_argument("--max_predictions", type=int, default=20)
+    parser.add_argument("--dupe_factor", type=int, default=1)
     parser.add_argument("--validation_fraction", type=float, default=0.01)
-    parser.add_argument("--val_mask_draws", type=int, default=4)
-    parser.add_argument("--batch_size", type=int, default=16)
-    parser.add_argument("--train_steps", type=int, default=250)
-    parser.add_argument("--warmup_steps", type=int, default=25)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--bert_lr", type=float, default=BERT_LR)
-    parser.add_argument("--groupbert_lr", type=float, default=GROUPBERT_LR)
-    parser.add_argument("--groups", nargs="*", default=None, help="main / sweep / ablation")
+    parser.add_argument("--val_rows", type=int, default=1024)
+    parser.add_argument("--batch_size", type=int, default=64, help="packed rows per step")
+    parser.add_argument("--tokens", type=float, default=10e6, help="real tokens per run")
+    parser.add_argument("--precision", default="mixed_bfloat16")
+    parser.add_argument("--compile_mode", default="graph_fused")
+    parser.add_argument("--bert_lr", type=float, default=None, help="default: the sweep's best")
+    parser.add_argument("--groupbert_lr", type=float, default=None)
+    parser.add_argument("--groups", nargs="*", default=None, help="sweep / main / ablation")
     parser.add_argument("--only", nargs="*", default=None, help="run names")
-    parser.add_argument("--worker", type=int, default=0)
-    parser.add_argument("--num_workers", type=int, default=1)
+    parser.add_argument("--commit", action="store_true",
+                        help="git-commit each run's results file when the run ends")
+    parser.add_argument("--rounds", type=int, default=5, help="steptime: timed rounds")
+    parser.add_argument("--steps_per_round", type=int, default=3)
     return parser.parse_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.command in ("train", "steptime"):
+        from training import performance
+        performance.ensure_process_flags(performance.resolve(args.precision, args.compile_mode))
     if args.command == "list":
-        for run in selected_runs(args):
-            done = os.path.exists(summary_path(args, run))
-            print(f"{'done' if done else '    '} {run.name} lr={run.learning_rate:g} "
-                  f"{dict(run.overrides)}")
-    elif args.command == "prepare":
-        prepare(args)
-    elif args.command == "train":
-        train(args)
+        for run in all_runs(args):
+            done = "done" if os.path.exists(result_path(args, run)) else "    "
+            print(f"{done} {run.group:8s} {run.name} {dict(run.overrides) or ''}")
     else:
-        report(args)
+        {"sizes": sizes, "prepare": prepare, "train": train, "steptime": steptime,
+         "report": report}[args.command](args)
 
 
 if __name__ == "__main__":
