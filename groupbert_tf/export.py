@@ -50,7 +50,6 @@ import uuid
 
 import keras
 import tensorflow as tf
-import tensorflow_text as tf_text
 
 from groupbert_tf import serving_warmup, tokenization
 from groupbert_tf.models.encoder import ENCODER_INPUTS, GroupBertEncoder
@@ -144,16 +143,6 @@ class ServingModule(tf.__internal__.tracking.AutoTrackable):
                                 for v in model.variables]
         self.vocab_file = tf.saved_model.Asset(vocab_path)
         self.tokenizer = tokenization.BertTokenizer(vocab_path, lower_case=lower_case)
-        if self.offsets:
-            # A second word-piece tokenizer, over the asset, that also returns offsets.
-            self._offset_table = tf.lookup.StaticHashTable(
-                tf.lookup.TextFileInitializer(
-                    self.vocab_file, tf.string, tf.lookup.TextFileIndex.WHOLE_LINE,
-                    tf.int64, tf.lookup.TextFileIndex.LINE_NUMBER),
-                default_value=-1)
-            self._offset_tokenizer = tf_text.BertTokenizer(
-                self._offset_table, token_out_type=tf.int64,
-                unknown_token=tokenization.UNK_TOKEN, lower_case=False)
 
         text = tf.TensorSpec([None], tf.string)
         ids = tf.TensorSpec([None, None], tf.int32)
@@ -161,7 +150,7 @@ class ServingModule(tf.__internal__.tracking.AutoTrackable):
         # then serializes only the signatures' concrete functions instead of re-tracing
         # every attached `tf.function` in its save context (that doubled the export time).
         # No autograph: nothing here branches on a tensor, and one long test session once
-        # failed inside autograph's conversion of `tokenize_with_offsets` (not reproduced).
+        # failed inside autograph's conversion of the offset tokenization (not reproduced).
         plain = dict(jit_compile=False, autograph=False)
         self._functions = _Functions(
             serve_text=tf.function(self._serve_text, input_signature=[text], **plain),
@@ -203,12 +192,15 @@ class ServingModule(tf.__internal__.tracking.AutoTrackable):
     # -- signatures ----------------------------------------------------------------------------
 
     def _text_outputs(self, texts):
-        packed = self.tokenizer.pack([self.tokenizer.tokenize(t) for t in texts],
-                                     self.seq_length)
-        outputs = dict(self.run_model(packed))
-        outputs.update(packed)
         if self.offsets:
-            outputs.update(self._packed_offsets(texts, packed))
+            tokenized = [self.tokenizer.tokenize_with_offsets(t) for t in texts]
+            packed = self.tokenizer.pack([ids for ids, _, _ in tokenized], self.seq_length,
+                                         offsets=[offsets for _, *offsets in tokenized])
+        else:
+            packed = self.tokenizer.pack([self.tokenizer.tokenize(t) for t in texts],
+                                         self.seq_length)
+        outputs = dict(self.run_model({name: packed[name] for name in ENCODER_INPUTS}))
+        outputs.update(packed)
         return outputs
 
     def _serve_text(self, text_a):
@@ -267,72 +259,6 @@ class ServingModule(tf.__internal__.tracking.AutoTrackable):
         names = {name: f"{feature} (tf.Example feature)"
                  for name, feature in EXAMPLE_FEATURES.items()}
         return self.run_model(self._checked_ids(inputs, names))
-
-    # -- span offsets --------------------------------------------------------------------------
-
-    def tokenize_with_offsets(self, text):
-        """Word pieces of `text` and their byte offsets [start, end) in it.
-
-        Returns int64 ragged [B, (T)] `(ids, starts, ends)`. Normalizes character by character
-        (the normalization is per character), so each byte of the normalized text maps back to
-        the character it came from. The ids equal `self.tokenizer.tokenize(text)` (tested).
-        """
-        text = tf.convert_to_tensor(text, tf.string)
-        _, char_starts = tf.strings.unicode_decode_with_offsets(
-            text, "UTF-8", errors="replace")
-        char_starts = tf.cast(char_starts, tf.int64)
-        text_bytes = tf.cast(tf.strings.length(text), tf.int64)
-        char_ends = tf.concat(
-            [char_starts[:, 1:], tf.RaggedTensor.from_tensor(text_bytes[:, None])], axis=1)
-        # (An empty text has no characters: drop the end appended to it.)
-        char_ends = tf.ragged.boolean_mask(
-            char_ends, tf.ragged.range(char_ends.row_lengths()) < char_starts.row_lengths()[:, None])
-        # Cut the original bytes (not replacement characters) so invalid UTF-8 stays as is.
-        rows = char_starts.value_rowids()
-        chars = char_starts.with_flat_values(tf.strings.substr(
-            tf.gather(text, rows), char_starts.flat_values,
-            char_ends.flat_values - char_starts.flat_values))
-        normalized = chars.with_flat_values(self.tokenizer.normalize(chars.flat_values))
-        norm_ends = tf.math.cumsum(
-            tf.cast(tf.strings.length(normalized), tf.int64), axis=1)
-        ids, starts, ends = self._offset_tokenizer.tokenize_with_offsets(
-            tf.strings.reduce_join(normalized, axis=1))
-        ids = ids.merge_dims(-2, -1)
-        starts = tf.cast(starts.merge_dims(-2, -1), tf.int64)
-        ends = tf.cast(ends.merge_dims(-2, -1), tf.int64)
-        dense_ends = norm_ends.to_tensor(default_value=tf.int64.max)
-        last_char = tf.maximum(char_starts.row_lengths() - 1, 0)[:, None]
-
-        def to_original(norm_offsets, bounds):
-            # Index of the character whose normalized bytes hold each offset.
-            lengths = norm_offsets.row_lengths()
-            index = tf.searchsorted(dense_ends, norm_offsets.to_tensor(), side="right")
-            index = tf.minimum(tf.cast(index, tf.int64), last_char)
-            picked = tf.gather(bounds.to_tensor(default_value=0), index, batch_dims=1)
-            return tf.RaggedTensor.from_tensor(picked, lengths=lengths)
-
-        return ids, to_original(starts, char_starts), to_original(ends - 1, char_ends)
-
-    def _packed_offsets(self, texts, packed):
-        """Offsets laid out like the packed ids: -1 on special tokens and padding."""
-        real = tf.cast(packed["padding_mask"] > 0, tf.int64)
-        second = tf.cast(packed["segment_ids"] > 0, tf.int64) * real
-        kept = [tf.reduce_sum(real - second, axis=1) - 2]  # minus [CLS], [SEP]
-        if len(texts) == 2:
-            kept.append(tf.reduce_sum(second, axis=1) - 1)  # minus the last [SEP]
-        batch = tf.shape(packed["token_ids"], out_type=tf.int64)[0]
-        special = tf.RaggedTensor.from_tensor(tf.fill([batch, 1], tf.constant(-1, tf.int64)))
-        result = {}
-        offsets = [self.tokenize_with_offsets(text) for text in texts]
-        for index, name in ((1, "token_start_offsets"), (2, "token_end_offsets")):
-            parts = [special]
-            for segment, keep in zip(offsets, kept):
-                values = segment[index]
-                mask = tf.ragged.range(values.row_lengths()) < keep[:, None]
-                parts += [tf.ragged.boolean_mask(values, mask), special]
-            row = tf.concat(parts, axis=1)
-            result[name] = row.to_tensor(default_value=-1, shape=[None, self.seq_length])
-        return result
 
 
 def with_compute_dtype(model, compute_dtype):

@@ -5,12 +5,19 @@ accent stripping, punctuation and CJK splitting, then greedy longest-match
 WordPiece). The vocab is baked into the graph as a constant lookup table, so
 the tokenizer runs inside `tf.data` and `tf.function` and a SavedModel that
 holds it needs no external file.
+
+This is the project's one text component: serving, fine-tuning data (GLUE,
+SQuAD with its answer offsets) and pre-training data all tokenize here, and
+`pack_segments` is the one `[CLS] a [SEP] b [SEP]` layout.
 """
 
 import os
 
 import tensorflow as tf
 import tensorflow_text as tf_text
+# tf-text's word splitter (the first stage of its BertTokenizer, which takes the class as an
+# argument): `tokenize_with_offsets` needs the end of each word.
+from tensorflow_text.python.ops.bert_tokenizer import BasicTokenizer
 
 CLS_TOKEN = "[CLS]"
 SEP_TOKEN = "[SEP]"
@@ -49,8 +56,8 @@ def _keep_first(segment, lengths):
     return tf.RaggedTensor.from_tensor(segment.to_tensor(), lengths=lengths)
 
 
-def _truncate_longest_first(segments, budget):
-    """Cuts segment ends so that each row has at most `budget` tokens in all.
+def _longest_first_lengths(lengths, budget):
+    """How many tokens each segment keeps so that each row has at most `budget` in all.
 
     The same result as Google BERT's `_truncate_seq_pair`: drop one token at a
     time from the longer segment, from the second one on a tie. In closed
@@ -59,13 +66,51 @@ def _truncate_longest_first(segments, budget):
     the odd token of an odd budget to the other segment; the trimmer also fails
     on a single segment inside tf.function.
     """
-    len_a = segments[0].row_lengths()
-    if len(segments) == 1:
-        return [_keep_first(segments[0], tf.minimum(len_a, budget))]
-    len_b = segments[1].row_lengths()
+    if len(lengths) == 1:
+        return [tf.minimum(lengths[0], budget)]
+    len_a, len_b = lengths
     keep_a = tf.minimum(len_a, tf.maximum(budget - len_b, (budget + 1) // 2))
-    keep_b = tf.minimum(len_b, budget - keep_a)
-    return [_keep_first(segments[0], keep_a), _keep_first(segments[1], keep_b)]
+    return [keep_a, tf.minimum(len_b, budget - keep_a)]
+
+
+def _layout(first, segments, separators, fill, seq_length):
+    """`first`, each segment followed by its separator, then `fill` up to seq_length.
+
+    Ragged concat then one to_tensor: cheaper to trace than tf-text's
+    combine_segments + pad_model_inputs.
+    """
+    column = tf.ones([segments[0].nrows(), 1], segments[0].dtype)
+    column = tf.RaggedTensor.from_tensor(column)
+    parts = [column * first]
+    for segment, separator in zip(segments, separators):
+        parts += [segment, column * separator]
+    return tf.concat(parts, axis=1).to_tensor(fill, shape=[None, seq_length])
+
+
+def pack_segments(segments, seq_length, cls_id, sep_id, pad_id):
+    """Lays out 1 or 2 id segments that fit as `[CLS] a [SEP] (b [SEP])`, padded.
+
+    The layout of every packed BERT input here; truncation is the caller's
+    (`BertTokenizer.pack`: longest first; pre-training pairs: a random end).
+
+    Args:
+      segments: list of 1 or 2 int32 RaggedTensors [B, (T)], at most
+        `seq_length - 1 - len(segments)` tokens per row in all.
+      seq_length: the static output length.
+      cls_id, sep_id, pad_id: the special token ids.
+
+    Returns:
+      Dict of int32 [B, seq_length]: `token_ids`, `segment_ids` (0 on padding),
+      `padding_mask` (1 = real token).
+    """
+    ones = [tf.ones_like(segment) for segment in segments]
+    n = len(segments)
+    return {
+        "token_ids": _layout(cls_id, segments, [sep_id] * n, pad_id, seq_length),
+        "segment_ids": _layout(0, [one * i for i, one in enumerate(ones)], range(n), 0,
+                               seq_length),
+        "padding_mask": _layout(1, ones, [1] * n, 0, seq_length),
+    }
 
 
 class BertTokenizer(tf.Module):
@@ -102,9 +147,11 @@ class BertTokenizer(tf.Module):
             ),
             default_value=-1,
         )
-        # Normalization is ours (see `normalize`); tf-text only splits words.
-        self._tokenizer = tf_text.BertTokenizer(
-            self._table, token_out_type=tf.int64, unknown_token=UNK_TOKEN, lower_case=False
+        # tf-text's BertTokenizer in its two stages. Normalization is ours (see `normalize`);
+        # tf-text only splits words, then word pieces.
+        self._words = BasicTokenizer(lower_case=False)
+        self._word_pieces = tf_text.WordpieceTokenizer(
+            self._table, token_out_type=tf.int64, unknown_token=UNK_TOKEN
         )
 
     @property
@@ -135,23 +182,84 @@ class BertTokenizer(tf.Module):
     def tokenize(self, text):
         """Strings [B] -> word-piece ids, int32 RaggedTensor [B, (T)]."""
         text = self.normalize(tf.convert_to_tensor(text, dtype=tf.string))
-        pieces = self._tokenizer.tokenize(text)  # [B, (words), (pieces)]
+        pieces = self._word_pieces.tokenize(self._words.tokenize(text))  # [B, (words), (pieces)]
         return tf.cast(pieces.merge_dims(-2, -1), tf.int32)
 
     @_plain_graph_code
-    def pack(self, segments, seq_length):
+    def tokenize_with_offsets(self, text):
+        """Strings [B] -> word pieces and where they are in the original text.
+
+        `normalize` maps each character on its own, so normalizing character by
+        character and joining gives the normalized text with, for each of its
+        bytes, the original character it came from; tf-text's offsets into the
+        normalized text then map back through that. The ids equal `tokenize`'s.
+
+        Returns:
+          `(ids, starts, ends)`: int32 ids and int64 byte offsets [start, end)
+          into each (un-normalized) string, RaggedTensors [B, (T)]. Invalid UTF-8
+          keeps its bytes: offsets count bytes of the input as given.
+        """
+        text = tf.convert_to_tensor(text, tf.string)
+        _, char_starts = tf.strings.unicode_decode_with_offsets(
+            text, "UTF-8", errors="replace")
+        char_starts = tf.cast(char_starts, tf.int64)
+        text_bytes = tf.cast(tf.strings.length(text), tf.int64)
+        char_ends = tf.concat(
+            [char_starts[:, 1:], tf.RaggedTensor.from_tensor(text_bytes[:, None])], axis=1)
+        # (An empty text has no characters: drop the end appended to it.)
+        char_ends = tf.ragged.boolean_mask(
+            char_ends, tf.ragged.range(char_ends.row_lengths()) < char_starts.row_lengths()[:, None])
+        # Cut the original bytes (not replacement characters) so invalid UTF-8 stays as is.
+        chars = char_starts.with_flat_values(tf.strings.substr(
+            tf.gather(text, char_starts.value_rowids()), char_starts.flat_values,
+            char_ends.flat_values - char_starts.flat_values))
+        normalized = chars.with_flat_values(self.normalize(chars.flat_values))
+        norm_ends = tf.math.cumsum(tf.cast(tf.strings.length(normalized), tf.int64), axis=1)
+        words, word_starts, word_ends = self._words.tokenize_with_offsets(
+            tf.strings.reduce_join(normalized, axis=1))
+        ids, starts, ends = self._word_pieces.tokenize_with_offsets(words)
+        # Offsets in the text; the last piece of a word ends with the word (tf-text ends the
+        # [UNK] of a word over `max_bytes_per_word` 5 bytes after its start).
+        starts = starts + word_starts[:, :, None]
+        ends = ends + word_starts[:, :, None]
+        pieces = ids.values.row_lengths()
+        last = tf.ragged.range(pieces) == pieces[:, None] - 1
+        ends = ends.with_flat_values(tf.where(
+            last.flat_values, tf.repeat(word_ends.flat_values, pieces), ends.flat_values))
+        dense_ends = norm_ends.to_tensor(default_value=tf.int64.max)
+        last_char = tf.maximum(char_starts.row_lengths() - 1, 0)[:, None]
+
+        def to_original(norm_offsets, bounds):
+            # Index of the character whose normalized bytes hold each offset.
+            norm_offsets = tf.cast(norm_offsets.merge_dims(-2, -1), tf.int64)
+            index = tf.searchsorted(dense_ends, norm_offsets.to_tensor(), side="right")
+            index = tf.minimum(tf.cast(index, tf.int64), last_char)
+            picked = tf.gather(bounds.to_tensor(default_value=0), index, batch_dims=1)
+            return tf.RaggedTensor.from_tensor(picked, lengths=norm_offsets.row_lengths())
+
+        return (tf.cast(ids.merge_dims(-2, -1), tf.int32), to_original(starts, char_starts),
+                to_original(ends - 1, char_ends))
+
+    @_plain_graph_code
+    def pack(self, segments, seq_length, offsets=None):
         """Packs 1 or 2 ragged id segments into fixed-length BERT inputs.
 
-        `[CLS] a [SEP]` or `[CLS] a [SEP] b [SEP]`. When too long, the longer
-        segment loses tokens from its end first (BERT's longest-first truncation).
+        `[CLS] a [SEP]` or `[CLS] a [SEP] b [SEP]` (`pack_segments`). When too
+        long, the longer segment loses tokens from its end first (BERT's
+        longest-first truncation); offsets are cut with their tokens.
 
         Args:
           segments: list of 1 or 2 int RaggedTensors [B, (T)].
           seq_length: the static output length, including special tokens.
+          offsets: optional, per segment, its `(starts, ends)` from
+            `tokenize_with_offsets`.
 
         Returns:
           Dict of int32 [B, seq_length]: `token_ids`, `segment_ids`,
-          `padding_mask` (1 = real token).
+          `padding_mask` (1 = real token); with `offsets` also int64
+          `token_start_offsets`, `token_end_offsets` [B, seq_length]: the byte
+          offsets of each token in the text of its segment, -1 on [CLS], [SEP]
+          and padding.
         """
         if len(segments) not in (1, 2):
             raise ValueError(f"pack takes 1 or 2 segments, got {len(segments)}")
@@ -161,21 +269,15 @@ class BertTokenizer(tf.Module):
                 f"seq_length={seq_length} leaves no room for "
                 f"{len(segments)} segment(s) and special tokens"
             )
-        segments = _truncate_longest_first([tf.cast(s, tf.int32) for s in segments], budget)
-        # Ragged concat then one to_tensor: cheaper to trace than tf-text's
-        # combine_segments + pad_model_inputs.
-        one = tf.RaggedTensor.from_tensor(tf.ones([segments[0].nrows(), 1], tf.int32))
-        ids, types = [one * self.cls_id], [one * 0]
-        for segment_id, segment in enumerate(segments):
-            ids += [segment, one * self.sep_id]
-            types += [tf.ones_like(segment) * segment_id, one * segment_id]
-        ids = tf.concat(ids, axis=1)
-        shape = [None, seq_length]
-        return {
-            "token_ids": ids.to_tensor(self.pad_id, shape=shape),
-            "segment_ids": tf.concat(types, axis=1).to_tensor(0, shape=shape),
-            "padding_mask": tf.ones_like(ids).to_tensor(0, shape=shape),
-        }
+        keep = _longest_first_lengths([s.row_lengths() for s in segments], budget)
+        packed = pack_segments(
+            [_keep_first(tf.cast(s, tf.int32), k) for s, k in zip(segments, keep)],
+            seq_length, self.cls_id, self.sep_id, self.pad_id)
+        if offsets is not None:
+            for index, name in enumerate(("token_start_offsets", "token_end_offsets")):
+                kept = [_keep_first(tf.cast(o[index], tf.int64), k) for o, k in zip(offsets, keep)]
+                packed[name] = _layout(-1, kept, [-1] * len(kept), -1, seq_length)
+        return packed
 
     @_plain_graph_code
     def __call__(self, text_a, text_b=None, seq_length=128):

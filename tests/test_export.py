@@ -352,7 +352,7 @@ def test_span_offsets_map_word_pieces_back_to_the_text(vocab):
     texts = TEXTS + PAIRS_B + ["Ὀδυσσεύς and the final sigma: λόγος.", "zero\u200bwidth soft\u00ad",
                                "R″ and 3\u00a0km", b"bad \xff bytes", ""]
     raw = [t if isinstance(t, bytes) else t.encode("utf-8") for t in texts]
-    ids, starts, ends = module.tokenize_with_offsets(tf.constant(raw))
+    ids, starts, ends = module.tokenizer.tokenize_with_offsets(tf.constant(raw))
     assert ids.to_list() == module.tokenizer.tokenize(tf.constant(raw)).to_list()
     vocab_list = module.tokenizer.vocab
     for text, row_ids, row_starts, row_ends in zip(raw, ids.to_list(), starts.to_list(),

@@ -65,7 +65,7 @@ def test_read_squad_rejects_misplaced_answer(tmp_path):
 
 def test_offsets_map_pieces_back_to_original_characters(tokenizer):
     text = "Photosynthesis in  Marie's café, at five o'clock."
-    [(ids, spans)] = squad_data.tokenize_with_offsets(tokenizer, [text])
+    [(ids, spans)] = squad_data.tokenize_with_char_offsets(tokenizer, [text])
     pieces = [tokenizer.vocab[i] for i in ids]
     assert pieces == ["photo", "##synthesis", "in", "marie", "'", "s", "cafe", ",", "at", "five",
                       "o", "'", "clock", "."]
@@ -77,7 +77,7 @@ def test_offsets_map_pieces_back_to_original_characters(tokenizer):
 
 def test_unknown_word_covers_its_characters(tokenizer):
     text = "The zyxwv, lamp"
-    [(ids, spans)] = squad_data.tokenize_with_offsets(tokenizer, [text])
+    [(ids, spans)] = squad_data.tokenize_with_char_offsets(tokenizer, [text])
     assert [tokenizer.vocab[i] for i in ids] == ["the", "[UNK]", ",", "lamp"]
     assert [text[a:b] for a, b in spans] == ["The", "zyxwv", ",", "lamp"]
 
@@ -109,7 +109,7 @@ def test_doc_stride_windows_cover_every_answer(tokenizer, examples):
             for span, best in zip(feature.token_spans, feature.max_context):
                 if span is not None:
                     covered.setdefault(span, []).append(best)
-        [(ids, spans)] = squad_data.tokenize_with_offsets(tokenizer, [example.context])
+        [(ids, spans)] = squad_data.tokenize_with_char_offsets(tokenizer, [example.context])
         assert sorted(covered) == sorted(set(spans))
         assert all(sum(flags) == 1 for flags in covered.values())
 
@@ -174,3 +174,39 @@ def test_exact_match_and_f1_hand_computed():
     results = squad_data.evaluate([example, other], {"q": "in 1874", "r": "Stevenson"})
     assert results["exact_match"] == pytest.approx(50.0)
     assert results["f1"] == pytest.approx(100 * (1.0 + 2 / 3) / 2)
+
+
+# (context, answers): accents, CJK, punctuation, runs of spaces, dropped characters. (A span
+# ends with its last character that normalizes to something, as in HF `tokenizers`: an answer
+# ending in a decomposed accent, "cafe\u0301", would come back as "cafe"; SQuAD text is NFC.)
+HARD_CONTEXTS = [
+    ("Le Café naïve ouvre à 7h, près de la Gare   Saint-Lazare.",
+     ["Café naïve", "Gare   Saint-Lazare", "7h"]),
+    ("東京都 (Tōkyō-to) is the capital of 日本; its kanji are 東京.",
+     ["東京都", "Tōkyō-to", "日本", "東京"]),
+    ("He left at five o'clock — \"exactly\" — from U.S.A.'s  biggest\u00a0port.",
+     ["o'clock", "\"exactly\"", "U.S.A.'s  biggest\u00a0port"]),
+    ("A zero\u200bwidth space, an emoji 😀 and a decomposed cafe\u0301 sit here.",
+     ["zero\u200bwidth", "😀", "decomposed"]),
+]
+
+
+def test_decoded_span_is_the_answer_on_hard_text():
+    from training.data import download  # pylint: disable=import-outside-toplevel
+    download.fetch()
+    tokenizer = BertTokenizer(download.default_vocab_path())
+    examples = [squad_data.SquadExample(f"q{i}-{j}", "What?", context,
+                                        [(answer, context.rindex(answer))])
+                for i, (context, answers) in enumerate(HARD_CONTEXTS)
+                for j, answer in enumerate(answers)]
+    features = squad_data.convert_examples(examples, tokenizer, 24, doc_stride=6,
+                                           max_query_length=8, training=True)
+    start_logits = np.zeros((len(features), 24))
+    end_logits = np.zeros((len(features), 24))
+    for i, feature in enumerate(features):
+        if feature.start_position:
+            start_logits[i, feature.start_position] = 10.0
+            end_logits[i, feature.end_position] = 10.0
+    predictions = squad_data.decode(examples, features, start_logits, end_logits)
+    assert predictions == {e.qas_id: e.answers[0][0] for e in examples}
+    assert max(sum(f.example_index == k for f in features) for k in range(len(examples))) > 1

@@ -292,26 +292,25 @@ def create_pairs(documents, seq_length, rng, short_seq_prob=0.1):
     return pairs
 
 
+def _ragged(rows):
+    flat = np.fromiter((t for row in rows for t in row), np.int32)
+    return tf.RaggedTensor.from_row_lengths(flat, np.array([len(r) for r in rows], np.int64))
+
+
 def pack_pairs(pairs, seq_length, cls_id, sep_id, pad_id):
-    """Pairs -> numpy dict of int32 `token_ids`, `segment_ids`, `padding_mask`
-    [N, seq_length] and `next_sentence_labels` [N]."""
-    n = len(pairs)
-    token_ids = np.full((n, seq_length), pad_id, np.int32)
-    segment_ids = np.zeros((n, seq_length), np.int32)
-    padding_mask = np.zeros((n, seq_length), np.int32)
-    labels = np.zeros((n,), np.int32)
-    for k, (a, b, label) in enumerate(pairs):
-        ids = [cls_id, *a, sep_id, *b, sep_id]
-        token_ids[k, : len(ids)] = ids
-        segment_ids[k, len(a) + 2 : len(ids)] = 1
-        padding_mask[k, : len(ids)] = 1
-        labels[k] = label
-    return {
-        "token_ids": token_ids,
-        "segment_ids": segment_ids,
-        "padding_mask": padding_mask,
-        "next_sentence_labels": labels,
-    }
+    """Pairs (already truncated) -> numpy dict of int32 `token_ids`, `segment_ids`,
+    `padding_mask` [N, seq_length] (`tokenization.pack_segments`, the layout of every
+    packed input) and `next_sentence_labels` [N]."""
+    for k, (a, b, _) in enumerate(pairs):
+        if len(a) + len(b) > seq_length - 3:
+            raise ValueError(f"pair {k} has {len(a) + len(b)} tokens, more than "
+                             f"seq_length - 3 = {seq_length - 3}")
+    packed = tokenization.pack_segments(
+        [_ragged([a for a, _, _ in pairs]), _ragged([b for _, b, _ in pairs])], seq_length,
+        cls_id, sep_id, pad_id)
+    examples = {name: value.numpy() for name, value in packed.items()}
+    examples["next_sentence_labels"] = np.array([label for _, _, label in pairs], np.int32)
+    return examples
 
 
 def create_examples(

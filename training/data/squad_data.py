@@ -1,10 +1,9 @@
 """SQuAD v1.1 span extraction: JSON -> windowed features, best-span decoding, EM and F1.
 
-Context tokenization keeps character offsets: the context is split on whitespace (as Google's
-`run_squad.py`), each word is WordPiece-tokenized by `groupbert_tf.tokenization.BertTokenizer`
-(the same ids as the in-graph tokenizer of the exported model), and every word piece is
-aligned back to the characters of the original context it came from. A predicted span is then
-exactly `context[start_char:end_char]`.
+Contexts are tokenized by the in-graph tokenizer of the exported model
+(`groupbert_tf.tokenization.BertTokenizer.tokenize_with_offsets`: the same ids, and byte offsets
+into the original context), and the byte offsets are turned into characters, the unit of SQuAD's
+`answer_start`. A predicted span is then exactly `context[start_char:end_char]`.
 
 Long contexts are cut into windows of at most `seq_length - len(question) - 3` tokens that
 start every `doc_stride` tokens. A window that does not contain the whole answer is labelled
@@ -20,14 +19,12 @@ import dataclasses
 import json
 import re
 import string
-import unicodedata
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from groupbert_tf import tokenization
 
 
 @dataclasses.dataclass
@@ -107,109 +104,23 @@ def read_squad(path) -> List[SquadExample]:
 # ---------------------------------------------------------------------------------------------
 # Tokenization with character offsets.
 
-def _is_whitespace(char):
-    return char in " \t\r\n" or ord(char) == 0x202F or unicodedata.category(char) == "Zs"
+def tokenize_with_char_offsets(tokenizer, texts: Sequence[str], chunk=4096):
+    """Texts -> per text (token ids, (start, end) character spans) from the tokenizer's bytes.
 
-
-def _is_punctuation(char):
-    cp = ord(char)
-    if 33 <= cp <= 47 or 58 <= cp <= 64 or 91 <= cp <= 96 or 123 <= cp <= 126:
-        return True
-    return unicodedata.category(char).startswith("P")
-
-
-def _normalize_char(char, lower_case):
-    """One character through `BertTokenizer.normalize` (may give 0 or several characters)."""
-    if (unicodedata.category(char).startswith("C") and char not in "\t\n\r") or char == "\ufffd":
-        return ""
-    if unicodedata.category(char).startswith("Z"):
-        return " "
-    if lower_case:
-        char = "".join(c for c in unicodedata.normalize("NFD", char)
-                       if unicodedata.category(c) != "Mn")
-        char = char.lower()
-    return char
-
-
-def split_words(text) -> List[Tuple[int, int]]:
-    """Whitespace-separated words as (start, end) character spans."""
-    spans, start = [], None
-    for i, char in enumerate(text):
-        if _is_whitespace(char):
-            if start is not None:
-                spans.append((start, i))
-                start = None
-        elif start is None:
-            start = i
-    if start is not None:
-        spans.append((start, len(text)))
-    return spans
-
-
-def piece_offsets(word, pieces, lower_case=True) -> List[Tuple[int, int]]:
-    """Aligns the word pieces of one word to (start, end) characters of that word.
-
-    Pieces are matched against the normalized word; [UNK] covers one basic token (up to the
-    next punctuation character). If matching fails (a normalization we do not mirror), the
-    remaining pieces get the rest of the word: offsets stay inside the word and ordered.
+    (Texts are encoded with `surrogatepass`, so a lone surrogate that JSON allows is one
+    character of three bytes, as Python counts it.)
     """
-    normalized, origin = [], []
-    for i, char in enumerate(word):
-        for c in _normalize_char(char, lower_case):
-            normalized.append(c)
-            origin.append(i)
-    normalized = "".join(normalized)
-
-    def to_word(a, b):  # Normalized [a, b) -> word characters.
-        if not origin:
-            return 0, len(word)
-        a = min(a, len(origin) - 1)
-        b = max(min(b, len(origin)), a + 1)
-        return origin[a], origin[b - 1] + 1
-
-    offsets, pos = [], 0
-    for k, piece in enumerate(pieces):
-        while pos < len(normalized) and normalized[pos] == " ":
-            pos += 1
-        if piece == tokenization.UNK_TOKEN:
-            end = pos + 1
-            if pos < len(normalized) and not _is_punctuation(normalized[pos]):
-                while (end < len(normalized) and not _is_punctuation(normalized[end])
-                       and normalized[end] != " "):
-                    end += 1
-            offsets.append(to_word(pos, end))
-            pos = end
-            continue
-        text = piece[2:] if piece.startswith("##") else piece
-        if text and normalized.startswith(text, pos):
-            offsets.append(to_word(pos, pos + len(text)))
-            pos += len(text)
-        else:
-            rest = to_word(pos, len(normalized))
-            offsets.extend([rest] * (len(pieces) - k))
-            break
-    return offsets
-
-
-def tokenize_with_offsets(tokenizer, texts: Sequence[str], chunk=4096):
-    """Texts -> per text (token ids, (start, end) character spans), batched over words."""
-    words = [split_words(text) for text in texts]
-    flat = [text[a:b] for text, spans in zip(texts, words) for a, b in spans]
-    ids = []
-    for start in range(0, len(flat), chunk):
-        ragged = tokenizer.tokenize(tf.constant(flat[start:start + chunk]))
-        ids.extend(row.tolist() for row in ragged.numpy())
-    results, k = [], 0
-    for text, spans in zip(texts, words):
-        token_ids, token_spans = [], []
-        for a, b in spans:
-            pieces = [tokenizer.vocab[i] for i in ids[k]]
-            for (s, e), token_id in zip(piece_offsets(text[a:b], pieces, tokenizer.lower_case),
-                                        ids[k]):
-                token_ids.append(token_id)
-                token_spans.append((a + s, a + e))
-            k += 1
-        results.append((token_ids, token_spans))
+    results = []
+    for first in range(0, len(texts), chunk):
+        encoded = [text.encode("utf-8", "surrogatepass") for text in texts[first:first + chunk]]
+        ids, starts, ends = tokenizer.tokenize_with_offsets(tf.constant(encoded, tf.string))
+        for data, row_ids, row_starts, row_ends in zip(encoded, ids.to_list(), starts.to_list(),
+                                                       ends.to_list()):
+            # The character of each byte: characters start at bytes that are not 10xxxxxx.
+            char_of_byte = np.cumsum((np.frombuffer(data, np.uint8) & 0xC0) != 0x80) - 1
+            spans = [(int(char_of_byte[a]), int(char_of_byte[b - 1]) + 1)
+                     for a, b in zip(row_starts, row_ends)]
+            results.append((row_ids, spans))
     return results
 
 
@@ -226,8 +137,10 @@ def convert_examples(examples: Sequence[SquadExample], tokenizer, seq_length, do
                      max_query_length=64, training=False) -> List[SquadFeature]:
     """Examples -> windowed features. Training features carry start/end token positions."""
     contexts = sorted({e.context for e in examples})
-    context_tokens = dict(zip(contexts, tokenize_with_offsets(tokenizer, contexts)))
-    questions = [ids for ids, _ in tokenize_with_offsets(tokenizer, [e.question for e in examples])]
+    context_tokens = dict(zip(contexts, tokenize_with_char_offsets(tokenizer, contexts)))
+    questions = tokenizer.tokenize(
+        tf.constant([e.question.encode("utf-8", "surrogatepass") for e in examples], tf.string)
+    ).to_list()
     features = []
     skipped = 0
     for index, example in enumerate(examples):
