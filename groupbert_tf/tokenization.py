@@ -1,10 +1,10 @@
 """In-graph WordPiece tokenization and BERT input packing (TensorFlow-specific).
 
-Wraps tensorflow-text's `BertTokenizer` (BERT's basic tokenizer: lower-casing,
-accent stripping, punctuation and CJK splitting, then greedy longest-match
-WordPiece). The vocab is baked into the graph as a constant lookup table, so
-the tokenizer runs inside `tf.data` and `tf.function` and a SavedModel that
-holds it needs no external file.
+BERT's normalization (`BertTokenizer.normalize`: cleaning, lower-casing, accent
+stripping), then tensorflow-text's BERT word splitting (whitespace, punctuation,
+CJK characters) and greedy longest-match WordPiece. The vocab is baked into the
+graph as a constant lookup table, so the tokenizer runs inside `tf.data` and
+`tf.function` and a SavedModel that holds it needs no external file.
 
 This is the project's one text component: serving, fine-tuning data (GLUE,
 SQuAD with its answer offsets) and pre-training data all tokenize here, and
@@ -203,17 +203,19 @@ class BertTokenizer(tf.Module):
         _, char_starts = tf.strings.unicode_decode_with_offsets(
             text, "UTF-8", errors="replace")
         char_starts = tf.cast(char_starts, tf.int64)
+        # Characters cover their text's bytes back to back: in the texts joined, each one
+        # ends where the next starts.
         text_bytes = tf.cast(tf.strings.length(text), tf.int64)
-        char_ends = tf.concat(
-            [char_starts[:, 1:], tf.RaggedTensor.from_tensor(text_bytes[:, None])], axis=1)
-        # (An empty text has no characters: drop the end appended to it.)
-        char_ends = tf.ragged.boolean_mask(
-            char_ends, tf.ragged.range(char_ends.row_lengths()) < char_starts.row_lengths()[:, None])
-        # Cut the original bytes (not replacement characters) so invalid UTF-8 stays as is.
-        chars = char_starts.with_flat_values(tf.strings.substr(
-            tf.gather(text, char_starts.value_rowids()), char_starts.flat_values,
-            char_ends.flat_values - char_starts.flat_values))
-        normalized = chars.with_flat_values(self.normalize(chars.flat_values))
+        row_offsets = tf.gather(tf.math.cumsum(text_bytes, exclusive=True),
+                                char_starts.value_rowids())
+        joined_starts = char_starts.flat_values + row_offsets
+        joined_ends = tf.concat([joined_starts, tf.reduce_sum(text_bytes, keepdims=True)], 0)[1:]
+        char_ends = char_starts.with_flat_values(joined_ends - row_offsets)
+        # The original bytes (not replacement characters), so invalid UTF-8 stays as is.
+        chars = tf.strings.substr(tf.strings.reduce_join(text), joined_starts,
+                                  joined_ends - joined_starts)
+        unique_chars, index = tf.unique(chars)
+        normalized = char_starts.with_flat_values(tf.gather(self.normalize(unique_chars), index))
         norm_ends = tf.math.cumsum(tf.cast(tf.strings.length(normalized), tf.int64), axis=1)
         words, word_starts, word_ends = self._words.tokenize_with_offsets(
             tf.strings.reduce_join(normalized, axis=1))

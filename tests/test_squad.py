@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from groupbert_tf.tokenization import BertTokenizer
-from training.data import squad_data
+from training.data import download, squad_data
 
 SQUAD_TINY = os.path.join(os.path.dirname(__file__), "data", "squad_tiny.json")
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -192,7 +192,6 @@ HARD_CONTEXTS = [
 
 
 def test_decoded_span_is_the_answer_on_hard_text():
-    from training.data import download  # pylint: disable=import-outside-toplevel
     download.fetch()
     tokenizer = BertTokenizer(download.default_vocab_path())
     examples = [squad_data.SquadExample(f"q{i}-{j}", "What?", context,

@@ -36,9 +36,13 @@ HARD_CASES = [
 ]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def fetched():
+    download.fetch()
+
+
 @pytest.fixture(scope="module")
 def tokenizer():
-    download.fetch()
     return tokenization.BertTokenizer(download.default_vocab_path())
 
 
@@ -51,7 +55,7 @@ def hf():
 
 
 @pytest.fixture(scope="module")
-def lines(tokenizer):
+def lines():
     with open(download.default_corpus_path(), encoding="utf-8") as f:
         text = [line.rstrip("\n") for line in f if line.strip()]
     return text[::25][:400]
