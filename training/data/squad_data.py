@@ -26,7 +26,6 @@ import tensorflow as tf
 from absl import logging
 
 
-
 @dataclasses.dataclass
 class SquadExample:
     qas_id: str
