@@ -1,15 +1,15 @@
 """Attention by relative position: does the conv module free GroupBERT's attention from local work?
 
-Loads the BERT and GroupBERT checkpoints pre-trained by `benchmarks.pareto` (their model_dirs
-under `runs/pareto/`), runs `GroupBertEncoder.attention_probabilities` on unmasked held-out
-validation sequences (the pareto data file), and measures, over real tokens only (queries and
-keys with padding_mask = 1):
+Loads the seed-0 BERT and GroupBERT checkpoints pre-trained by `benchmarks.pareto` (their
+model_dirs under `--root`), runs `GroupBertEncoder.attention_probabilities` on the held-out
+validation rows of the pareto data file (packed; the masked tokens put back), and measures,
+over real token pairs of the same packed sequence only:
 
   profile[d]   mean attention probability from a query at i to the key at i + d, averaged over
                queries, heads, layers and sequences (pairs where i + d is a real token)
   local mass   mean over (query, head, layer) of the attention mass on keys within +-3 of the
                query (diagonal included); `uniform` is the same for uniform attention over the
-               real keys, as a reference for how local "no preference" is
+               query's sequence, as a reference for how local "no preference" is
   self mass    the mass on the query's own position
   special mass the mass on [CLS] and [SEP] keys (a "no-op" sink)
 
@@ -18,7 +18,7 @@ and draws:
   docs/figures/attention_maps.png                head-averaged full maps, every layer, for a few
                                                  validation sequences (the largest size)
 
-    python -m benchmarks.attention_maps [--sizes tiny small mini] [--num_sequences 256]
+    python -m benchmarks.attention_maps [--sizes 4x256 8x512] [--num_sequences 256]
 """
 
 import argparse
@@ -55,6 +55,18 @@ def load_encoder(model_dir, config):
     return model.encoder, manager.latest_checkpoint
 
 
+def unmasked(features, labels, count):
+    """The first `count` validation rows with their original tokens at the masked positions."""
+    rows = {k: v[:count].copy() for k, v in features.items()
+            if k in ("token_ids", "segment_ids", "padding_mask", "sequence_ids", "cls_positions")}
+    positions = features["masked_lm_positions"][:count]
+    ids, weights = labels["masked_lm_ids"][:count], labels["masked_lm_weights"][:count]
+    for row in range(len(positions)):
+        real = weights[row] > 0
+        rows["token_ids"][row, positions[row][real]] = ids[row][real]
+    return rows
+
+
 def attention_statistics(encoder, inputs, batch_size=32):
     """Profile by relative offset, local (+-LOCAL) mass, self mass, uniform local mass;
     and the per-layer head-averaged maps of the first sequences."""
@@ -73,7 +85,9 @@ def attention_statistics(encoder, inputs, batch_size=32):
         probs = [np.asarray(p) for p in encoder.attention_probabilities(batch)]  # L x [B,H,S,S]
         probs = np.stack(probs, axis=1)  # [B, L, H, S, S]
         mask = batch["padding_mask"].astype(bool)  # [B, S]
-        pair = mask[:, :, None] & mask[:, None, :]  # [B, Sq, Sk] both real
+        sequence = batch.get("sequence_ids", batch["padding_mask"])  # Packed rows: one id each.
+        # [B, Sq, Sk]: both real and in the same packed sequence.
+        pair = mask[:, :, None] & mask[:, None, :] & (sequence[:, :, None] == sequence[:, None, :])
         query = mask  # [B, S]
         if first_maps is None:
             first_maps = probs[:4].mean(axis=2), mask[:4]  # [b, L, S, S]
@@ -92,9 +106,9 @@ def attention_statistics(encoder, inputs, batch_size=32):
         self_sum += (diag * qmask).sum()
         layer_local = (local * qmask).sum(axis=(0, 2, 3))
         per_layer_local = layer_local if per_layer_local is None else per_layer_local + layer_local
-        n_real = mask.sum(-1)  # [B]
-        within = (band[None] & pair).sum(-1)  # [B, S] real keys within +-LOCAL
-        uniform_sum += ((within / np.maximum(n_real[:, None], 1)) * query).sum() * layers * heads
+        keys = pair.sum(-1)  # [B, S] keys of each query's own sequence
+        within = (band[None] & pair).sum(-1)  # [B, S] of those, within +-LOCAL
+        uniform_sum += ((within / np.maximum(keys, 1)) * query).sum() * layers * heads
         rows += query.sum() * layers * heads
     per_layer_rows = rows / layers
     return {
@@ -111,27 +125,24 @@ def attention_statistics(encoder, inputs, batch_size=32):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--root", default="runs/pareto")
+    parser.add_argument("--root", default="runs/pareto_at_scale")
+    parser.add_argument("--results", default="docs/results/pareto")
     parser.add_argument("--figures", default="docs/figures")
-    parser.add_argument("--seq_length", type=int, default=64)
-    parser.add_argument("--max_predictions", type=int, default=10)
-    parser.add_argument("--bert_lr", type=float, default=pareto.BERT_LR)
-    parser.add_argument("--groupbert_lr", type=float, default=pareto.GROUPBERT_LR)
     parser.add_argument("--sizes", nargs="*", default=list(pareto.SIZE_ORDER))
     parser.add_argument("--num_sequences", type=int, default=256)
-    parser.add_argument("--output_json", default="runs/pareto/attention.json")
+    parser.add_argument("--output_json", default="docs/results/pareto/attention/attention.json")
     args = parser.parse_args(argv)
+    experiment = pareto.parse_args(["list", "--root", args.root, "--results", args.results])
 
     import keras
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    arrays = np.load(pareto.data_path(args))
-    inputs = {k: arrays[f"valraw_{k}"][:args.num_sequences]
-              for k in ("token_ids", "segment_ids", "padding_mask")}
-    runs = {(r.family, r.size): r for r in pareto.all_runs(args.bert_lr, args.groupbert_lr)
-            if r.group == "main"}
+    _, (features, labels), _ = pareto.load_data(experiment)
+    inputs = unmasked(features, labels, args.num_sequences)
+    runs = {r.name: r for r in pareto.all_runs(experiment)}
+    runs = {key: runs[name] for key, name in pareto.main_run_names(experiment, 0).items()}
     stats, maps = {}, {}
     for size in args.sizes:
         for family in ("bert", "groupbert"):
@@ -146,6 +157,7 @@ def main(argv=None):
                   f"{st['uniform_local_mass']:.3f}), self {st['self_mass']:.3f}, [CLS]/[SEP] "
                   f"{st['special_token_mass']:.3f}, per layer "
                   f"{[round(x, 3) for x in st['local_mass_per_layer']]}", flush=True)
+    os.makedirs(os.path.dirname(args.output_json), exist_ok=True)
     with open(args.output_json, "w") as f:
         json.dump(stats, f, indent=2)
     print(f"wrote {args.output_json}")

@@ -72,6 +72,8 @@ ABLATIONS = (  # label, GroupBertConfig overrides on BERT, whose LR it trains at
 CURVE_FRACTIONS = (1 / 16, 1 / 8, 1 / 4, 3 / 8, 1 / 2, 3 / 4, 1.0)
 CHECKPOINTS_PER_RUN = 8
 REPORT = "report.json"  # in --results, beside the runs
+FINETUNE_DIR = "finetune"
+FINETUNE_SEEDS = (0, 1, 2)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -444,9 +446,62 @@ def train(args):
                    and (not args.only or r.name in args.only)
                    and (not args.groups or r.group in args.groups)]
         if not pending:
-            print("no pending runs", flush=True)
-            return
+            break
         train_one(args, pending[0], train_set, validation, record)
+    if args.finetune:
+        from training.data import sentiment_data
+        sentiment_data.fetch()
+        for result, seed in finetune_queue(args):
+            finetune_one(args, result, seed)
+    print("no pending runs", flush=True)
+
+
+# ------------------------------------------------------------------------------------------
+# Downstream: Rotten Tomatoes sentiment from every main run, `FINETUNE_SEEDS` seeds each.
+# ------------------------------------------------------------------------------------------
+
+def finetune_path(args, name, seed):
+    return os.path.join(args.results, FINETUNE_DIR, f"{name}-finetune-seed{seed}.json")
+
+
+def finetune_queue(args):
+    """(pre-training result, fine-tuning seed) pairs still to run: seed-0 models first."""
+    done = {r["name"]: r for r in load_results(args) if r["final"]}
+    names = [name for seed in SEEDS for name in main_run_names(args, seed).values()]
+    return [(done[name], seed) for name in names if name in done
+            for seed in FINETUNE_SEEDS if not os.path.exists(finetune_path(args, name, seed))]
+
+
+def finetune_one(args, result, seed):
+    """`python -m training.finetune` on the full sentiment split from the run's checkpoint
+    (its own process: fine-tuning builds a fresh Keras state)."""
+    from training.data import sentiment_data
+    data = sentiment_data.sentiment_dir()
+    model_dir = os.path.join(args.root, FINETUNE_DIR, f"{result['name']}-seed{seed}")
+    command = [sys.executable, "-m", "training.finetune", "--task=classification",
+               f"--train_file={data}/train.tsv", f"--eval_file={data}/dev.tsv",
+               f"--init_checkpoint={os.path.join(args.root, result['name'])}",
+               f"--model_dir={model_dir}", f"--seed={seed}", "--epochs=2", "--batch_size=32",
+               "--seq_length=64", f"--learning_rate={args.finetune_lr}", "--verbose=2",
+               f"--precision={args.precision}", f"--compile_mode={args.compile_mode}"]
+    print(f"=== fine-tune {result['name']} seed {seed}", flush=True)
+    subprocess.run(command, check=True)
+    with open(os.path.join(model_dir, "results.json")) as f:
+        summary = json.load(f)
+    accuracy = [epoch["val_accuracy"] for epoch in summary["history"]]
+    out = {"pretraining_run": result["name"], "family": result["family"],
+           "size": result["size"], "pretraining_seed": result["seed"], "seed": seed,
+           "pretraining_flops": result["training_flops"],
+           "pretraining_final_mlm_loss": _final_loss(result),
+           "dev_accuracy_per_epoch": accuracy, "dev_accuracy": accuracy[-1],
+           "learning_rate": args.finetune_lr, "epochs": 2, "batch_size": 32, "seq_length": 64,
+           "train_seconds": summary["train_seconds"], "command": command[1:],
+           "date": datetime.datetime.now().isoformat(timespec="seconds")}
+    path = finetune_path(args, result["name"], seed)
+    _write_json(path, out)
+    if args.commit:
+        _commit(path, f"pareto: fine-tune {result['name']} seed {seed} (dev accuracy "
+                      f"{accuracy[-1]:.4f})")
 
 
 # ------------------------------------------------------------------------------------------
@@ -510,7 +565,8 @@ def steptime(args):
 def load_results(args):
     out = []
     if os.path.isdir(args.results):
-        for dirpath, _, names in os.walk(args.results):
+        for dirpath, folders, names in os.walk(args.results):
+            folders[:] = [f for f in folders if f != FINETUNE_DIR]
             for name in sorted(names):
                 if name.endswith(".json") and name not in ("data.json", "steptime.json", REPORT):
                     with open(os.path.join(dirpath, name)) as f:
@@ -721,6 +777,9 @@ def parse_args(argv=None):
     parser.add_argument("--only", nargs="*", default=None, help="run names")
     parser.add_argument("--commit", action="store_true",
                         help="git-commit each run's results file when the run ends")
+    parser.add_argument("--finetune", action=argparse.BooleanOptionalAction, default=True,
+                        help="train: then fine-tune every main run on sentiment")
+    parser.add_argument("--finetune_lr", type=float, default=5e-4)
     parser.add_argument("--rounds", type=int, default=5, help="steptime: timed rounds")
     parser.add_argument("--steps_per_round", type=int, default=3)
     return parser.parse_args(argv)

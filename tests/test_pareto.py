@@ -139,3 +139,25 @@ def test_one_run_end_to_end_writes_its_curve_and_skips_when_done(tmp_path):
     again = subprocess.run(command, cwd=REPO, check=True, capture_output=True, text=True,
                            timeout=600)
     assert "no pending runs" in again.stdout
+
+
+def test_attention_inputs_put_the_masked_tokens_back():
+    """attention_maps reads the masked validation rows: `unmasked` must restore the text."""
+    import numpy as np
+    import tensorflow as tf
+    from benchmarks import attention_maps
+    from training.data import masking
+
+    rng = np.random.default_rng(0)
+    token_ids = rng.integers(1000, 2000, size=(4, 32)).astype(np.int32)
+    token_ids[:, 0], token_ids[:, -1] = 101, 102
+    rows = {"token_ids": token_ids, "segment_ids": np.zeros_like(token_ids),
+            "padding_mask": np.ones_like(token_ids), "next_sentence_labels": np.zeros(4, np.int32)}
+    masker = masking.MlmMasker(30522, 103, (0, 100, 101, 102, 103), max_predictions_per_seq=8,
+                               seed=1)
+    features, labels = masker({k: tf.constant(v) for k, v in rows.items()})
+    features = {k: v.numpy() for k, v in features.items()}
+    labels = {k: v.numpy() for k, v in labels.items()}
+    assert (features["token_ids"] != token_ids).any()  # Something was masked.
+    restored = attention_maps.unmasked(features, labels, 3)
+    np.testing.assert_array_equal(restored["token_ids"], token_ids[:3])
