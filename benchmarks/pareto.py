@@ -72,6 +72,7 @@ ABLATIONS = (  # label, GroupBertConfig overrides on BERT, whose LR it trains at
 CURVE_FRACTIONS = (1 / 16, 1 / 8, 1 / 4, 3 / 8, 1 / 2, 3 / 4, 1.0)
 CHECKPOINTS_PER_RUN = 8
 REPORT = "report.json"  # in --results, beside the runs
+REPORT_MARKDOWN = "report.md"
 FINETUNE_DIR = "finetune"
 FINETUNE_SEEDS = (0, 1, 2)
 
@@ -650,7 +651,8 @@ def loss_table(results, targets):
     return rows
 
 
-def plot(results, record, figures):
+def plot(results, record, figures, main_names):
+    """The loss curves of the main runs against FLOPs and wall-clock; the LR sweep."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -659,15 +661,12 @@ def plot(results, record, figures):
     styles = {"bert": ("tab:blue", "BERT (post-norm, dropout 0.1)"),
               "groupbert": ("tab:red", "GroupBERT (pre-norm, no dropout)")}
     lines = {0: "-", 1: "--"}
-    main = [r for r in results if r["group"] in ("main", "sweep") and r["curve"]]
+    main = [r for r in results if r["name"] in main_names and r["curve"]]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
     for ax, x, label in ((axes[0], "flops", "training FLOPs"),
                          (axes[1], "seconds", "wall-clock s on this machine "
                           "(steps x interleaved step time)")):
         for r in main:
-            if r["group"] == "sweep" and r["name"] not in {m["name"] for m in results
-                                                            if m["group"] == "main"}:
-                continue
             points = [(p[x], p["mlm_loss"]) for p in r["curve"] if p.get(x)]
             if not points:
                 continue
@@ -712,7 +711,75 @@ def plot(results, record, figures):
         print(f"wrote {path}")
 
 
+def loss_levels(results, unigram, count=6):
+    """Round loss levels (steps of 0.25) from the best final loss up to the unigram loss."""
+    finals = [_final_loss(r) for r in results if r["final"]]
+    if not finals:
+        return []
+    low = math.ceil(min(finals) * 4) / 4
+    levels = [low + 0.25 * i for i in range(int((unigram - low) / 0.25) + 1)]
+    return levels[:: max(1, math.ceil(len(levels) / count))]
+
+
+def finetune_rows(args):
+    """Mean and spread of the dev accuracy of each pre-trained model over its seeds."""
+    folder = os.path.join(args.results, FINETUNE_DIR)
+    by_run = {}
+    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+        with open(os.path.join(folder, name)) as f:
+            result = json.load(f)
+        by_run.setdefault(result["pretraining_run"], []).append(result)
+    rows = []
+    for run, results in by_run.items():
+        accuracy = [r["dev_accuracy"] for r in results]
+        rows.append({"pretraining_run": run, "pretraining_flops": results[0]["pretraining_flops"],
+                     "pretraining_final_mlm_loss": results[0]["pretraining_final_mlm_loss"],
+                     "seeds": len(accuracy), "dev_accuracy_mean": float(np.mean(accuracy)),
+                     "dev_accuracy_std": float(np.std(accuracy, ddof=1)) if len(accuracy) > 1
+                     else None})
+    return rows
+
+
+def _fmt(value, spec):
+    return "-" if value is None else format(value, spec)
+
+
+def markdown(out):
+    """The report's tables (docs/results.md quotes them)."""
+    lines = ["| run | group | LR | seed | training FLOPs | real tokens | final val MLM loss |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    for r in out["runs"]:
+        lines.append(f"| `{r['name']}` | {r['group']} | {r['learning_rate']:g} | {r['seed']} | "
+                     f"{r['training_flops']:.3g} | {r['real_tokens'] / 1e6:.2f} M | "
+                     f"{_fmt(r['final_mlm_loss'], '.4f')} |")
+    lines += ["", "| seed | GroupBERT | next-larger BERT | BERT final loss | GroupBERT final loss "
+              "| GroupBERT FLOPs to that loss / BERT's | same, wall-clock |",
+              "|---:|---|---|---:|---:|---:|---:|"]
+    for c in out["claims"]:
+        lines.append(f"| {c['seed']} | `{c['groupbert']}` | `{c['bert']}` | "
+                     f"{c['bert_final_loss']:.4f} | {c['groupbert_final_loss']:.4f} | "
+                     f"{_fmt(c['flops_ratio'], '.2f')} | {_fmt(c.get('time_ratio'), '.2f')} |")
+    levels = out["loss_levels"]
+    if levels:
+        lines += ["", "| run | " + " | ".join(f"to {v:g}: PFLOP / s" for v in levels) + " |",
+                  "|---|" + "---:|" * len(levels)]
+        for row in out["time_to_loss"]:
+            cells = [f"{_fmt(row[f'flops@{v:g}'] and row[f'flops@{v:g}'] / 1e15, '.2f')} / "
+                     f"{_fmt(row.get(f'seconds@{v:g}'), '.0f')}" for v in levels]
+            lines.append(f"| `{row['name']}` | " + " | ".join(cells) + " |")
+    if out["finetune"]:
+        lines += ["", "| pre-trained model | pre-training FLOPs | its final MLM loss | seeds | "
+                  "sentiment dev accuracy (mean ± sd) |", "|---|---:|---:|---:|---:|"]
+        for row in out["finetune"]:
+            lines.append(f"| `{row['pretraining_run']}` | {row['pretraining_flops']:.3g} | "
+                         f"{row['pretraining_final_mlm_loss']:.4f} | {row['seeds']} | "
+                         f"{100 * row['dev_accuracy_mean']:.2f}% ± "
+                         f"{_fmt(row['dev_accuracy_std'] and 100 * row['dev_accuracy_std'], '.2f')} |")
+    return "\n".join(lines) + "\n"
+
+
 def report(args):
+    """report.json, report.md and the figures, from the committed results only."""
     with open(data_record_path(args)) as f:
         record = json.load(f)
     step_times = None
@@ -720,16 +787,20 @@ def report(args):
         with open(steptime_path(args)) as f:
             step_times = json.load(f)["median_seconds"]
     results = with_wall_clock(load_results(args), step_times)
-    finals = sorted(_final_loss(r) for r in results if r["final"])
-    targets = sorted({round(v, 1) for v in finals})[:6] if finals else []
+    levels = loss_levels(results, record["unigram_validation_mlm_loss"])
     out = {"data": record, "step_times": step_times, "claims": claims(results, args),
-           "time_to_loss": loss_table(results, targets),
+           "loss_levels": levels, "time_to_loss": loss_table(results, levels),
+           "finetune": finetune_rows(args),
            "runs": [{k: r[k] for k in ("name", "group", "learning_rate", "seed",
                                        "training_flops", "real_tokens")}
-                    | {"final_mlm_loss": _final_loss(r)} for r in results]}
+                    | {"final_mlm_loss": _final_loss(r) if r["final"] else None}
+                    for r in results]}
     _write_json(os.path.join(args.results, REPORT), out)
-    print(json.dumps(out, indent=1))
-    plot(results, record, args.figures)
+    with open(os.path.join(args.results, REPORT_MARKDOWN), "w") as f:
+        f.write(markdown(out))
+    print(markdown(out))
+    plot(results, record, args.figures,
+         {name for seed in SEEDS for name in main_run_names(args, seed).values()})
 
 
 def sizes(args):
