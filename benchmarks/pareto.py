@@ -74,6 +74,7 @@ CHECKPOINTS_PER_RUN = 8
 REPORT = "report.json"  # in --results, beside the runs
 REPORT_MARKDOWN = "report.md"
 FINETUNE_DIR = "finetune"
+JAX_DIR = "jax"  # benchmarks/pareto_jax.py: its arrays under --root, results under --results
 FINETUNE_SEEDS = (0, 1, 2)
 
 
@@ -567,7 +568,7 @@ def load_results(args):
     out = []
     if os.path.isdir(args.results):
         for dirpath, folders, names in os.walk(args.results):
-            folders[:] = [f for f in folders if f != FINETUNE_DIR]
+            folders[:] = [f for f in folders if f not in (FINETUNE_DIR, JAX_DIR)]
             for name in sorted(names):
                 if name.endswith(".json") and name not in ("data.json", "steptime.json", REPORT):
                     with open(os.path.join(dirpath, name)) as f:

@@ -42,7 +42,7 @@ import numpy as np
 
 from benchmarks import pareto
 
-JAX_DIR = "jax"  # Under pareto's --root (arrays, state) and --results (results).
+JAX_DIR = pareto.JAX_DIR  # Under pareto's --root (arrays, state) and --results (results).
 
 
 # ------------------------------------------------------------------------------------------
