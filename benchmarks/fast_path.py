@@ -82,6 +82,24 @@ def _matmul(tf, dtype, xla, size=2048):
     return tf.function(lambda: tf.matmul(a, b), jit_compile=xla)
 
 
+def gradient_step(model, inputs, labels, compile_mode):
+    """The timed step: MLM + NSP loss and its gradient w.r.t. every trainable variable.
+
+    The model and its variables come in through the closure. Bound as default arguments, the
+    Keras variables became inputs of the traced function, unconnected to the variables the
+    model reads: every gradient came back None and the step timed the forward pass only
+    (until 2026-12-02; docs/fast_path.md)."""
+    import tensorflow as tf
+    from benchmarks import throughput
+
+    def step():
+        with tf.GradientTape() as tape:
+            loss = throughput.pretraining_loss(labels, model(inputs, training=True))
+        return loss, tape.gradient(loss, model.trainable_variables)
+
+    return tf.function(step, jit_compile=compile_mode == "xla")
+
+
 def worker(args):
     from training import performance
     precision, compile_mode = MODES[args.worker]
@@ -105,14 +123,7 @@ def worker(args):
         model = throughput.build_model(
             "keras_hub" if model_name.startswith("keras_hub") else "ours", config, inputs,
             precision)
-        variables = model.trainable_variables
-
-        def step(model=model, inputs=inputs, labels=labels, variables=variables):
-            with tf.GradientTape() as tape:
-                loss = throughput.pretraining_loss(labels, model(inputs, training=True))
-            return loss, tape.gradient(loss, variables)
-
-        fn = tf.function(step, jit_compile=compile_mode == "xla")
+        fn = gradient_step(model, inputs, labels, compile_mode)
         start = time.perf_counter()
         fn()[0].numpy()
         info[model_name] = {
