@@ -14,9 +14,10 @@ over real token pairs of the same packed sequence only:
   special mass the mass on [CLS] and [SEP] keys (a "no-op" sink)
 
 and draws:
-  docs/figures/attention_relative_position.png   the profile, BERT vs GroupBERT, per size
-  docs/figures/attention_maps.png                head-averaged full maps, every layer, for a few
-                                                 validation sequences (the largest size)
+  docs/figures/attention_at_scale_relative_position.png
+      the profile, BERT vs GroupBERT, per size
+  docs/figures/attention_at_scale_maps.png
+      head-averaged full maps, every layer, for a few validation sequences (the largest size)
 
     python -m benchmarks.attention_maps [--sizes 4x256 8x512] [--num_sequences 256]
 """
@@ -45,7 +46,8 @@ def load_encoder(model_dir, config):
     """
     from training import trainer
 
-    settings = trainer.TrainingSettings(model_dir=model_dir, train_steps=1, global_batch_size=1, warmup_steps=0,
+    settings = trainer.TrainingSettings(model_dir=model_dir, train_steps=1, global_batch_size=1,
+                                        warmup_steps=0,
                                         seq_length=1, max_predictions_per_seq=1)
     model = trainer.build_model(config, settings)
     manager, how = trainer.restore_or_initialize(model, model_dir)
@@ -180,7 +182,7 @@ def main(argv=None):
     fig.suptitle("Attention by relative position (real tokens; mean over heads, layers, "
                  f"{len(inputs['token_ids'])} validation sequences)", fontsize=9)
     fig.tight_layout()
-    path = os.path.join(args.figures, "attention_relative_position.png")
+    path = os.path.join(args.figures, "attention_at_scale_relative_position.png")
     fig.savefig(path, dpi=120)
     plt.close(fig)
     print(f"wrote {path}")
@@ -203,7 +205,7 @@ def main(argv=None):
                 ax.set_title(f"{name}-{size}, seq {e}, layer {layer + 1}", fontsize=8)
     fig.suptitle("Head-averaged attention\n(rows: queries, cols: keys; real tokens)", fontsize=9)
     fig.tight_layout()
-    path = os.path.join(args.figures, "attention_maps.png")
+    path = os.path.join(args.figures, "attention_at_scale_maps.png")
     fig.savefig(path, dpi=110)
     plt.close(fig)
     print(f"wrote {path}")

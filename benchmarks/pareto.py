@@ -662,21 +662,27 @@ def plot(results, record, figures, main_names):
     styles = {"bert": ("tab:blue", "BERT (post-norm, dropout 0.1)"),
               "groupbert": ("tab:red", "GroupBERT (pre-norm, no dropout)")}
     lines = {0: "-", 1: "--"}
-    main = [r for r in results if r["name"] in main_names and r["curve"]]
+    # The main runs, and (thin) the sweep points that are not main runs.
+    curves = [r for r in results if r["curve"] and (
+        r["name"] in main_names or r["group"] == "sweep")]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
     for ax, x, label in ((axes[0], "flops", "training FLOPs"),
                          (axes[1], "seconds", "wall-clock s on this machine "
                           "(steps x interleaved step time)")):
-        for r in main:
+        labelled = set()
+        for r in curves:
             points = [(p[x], p["mlm_loss"]) for p in r["curve"] if p.get(x)]
             if not points:
                 continue
             color, family_label = styles[r["family"]]
+            main = r["name"] in main_names
             ax.plot(*zip(*points), color=color, linestyle=lines.get(r["seed"], ":"),
-                    marker=".", label=f"{family_label}" if r["size"] == SMALLEST
-                    and r["seed"] == 0 else None)
-            ax.annotate(r["size"], points[-1], textcoords="offset points", xytext=(3, 3),
-                        fontsize=7, color=color)
+                    marker=".", linewidth=1.5 if main else 0.8, alpha=1.0 if main else 0.5,
+                    label=None if r["family"] in labelled else family_label)
+            labelled.add(r["family"])
+            ax.annotate(r["size"] if main else f"{r['size']} lr {r['learning_rate']:g}",
+                        points[-1], textcoords="offset points", xytext=(3, 3), fontsize=7,
+                        color=color)
         ax.axhline(record["unigram_validation_mlm_loss"], color="grey", linestyle=":",
                    label=f"unigram (no context): {record['unigram_validation_mlm_loss']:.2f}")
         ax.set_xscale("log")
@@ -684,10 +690,10 @@ def plot(results, record, figures, main_names):
         ax.set_ylabel("validation MLM loss")
         ax.grid(True, which="both", alpha=0.3)
     axes[0].legend(fontsize=8)
-    fig.suptitle("Pre-training on the large corpus, seq 128 packed; solid seed 0, dashed "
-                 "seed 1", fontsize=10)
+    fig.suptitle("Pre-training on the large corpus, seq 128 packed, 10M tokens per run; solid "
+                 "seed 0, dashed seed 1, thin: LR sweep", fontsize=10)
     fig.tight_layout()
-    path = os.path.join(figures, "pareto_loss_vs_flops.png")
+    path = os.path.join(figures, "pareto_at_scale_loss.png")
     fig.savefig(path, dpi=120)
     plt.close(fig)
     print(f"wrote {path}")
@@ -706,7 +712,7 @@ def plot(results, record, figures, main_names):
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
         fig.tight_layout()
-        path = os.path.join(figures, "pareto_lr_sweep.png")
+        path = os.path.join(figures, "pareto_at_scale_lr_sweep.png")
         fig.savefig(path, dpi=120)
         plt.close(fig)
         print(f"wrote {path}")
@@ -772,10 +778,11 @@ def markdown(out):
         lines += ["", "| pre-trained model | pre-training FLOPs | its final MLM loss | seeds | "
                   "sentiment dev accuracy (mean ± sd) |", "|---|---:|---:|---:|---:|"]
         for row in out["finetune"]:
+            std = row["dev_accuracy_std"]
             lines.append(f"| `{row['pretraining_run']}` | {row['pretraining_flops']:.3g} | "
                          f"{row['pretraining_final_mlm_loss']:.4f} | {row['seeds']} | "
                          f"{100 * row['dev_accuracy_mean']:.2f}% ± "
-                         f"{_fmt(row['dev_accuracy_std'] and 100 * row['dev_accuracy_std'], '.2f')} |")
+                         f"{_fmt(std and 100 * std, '.2f')} |")
     return "\n".join(lines) + "\n"
 
 
