@@ -486,6 +486,8 @@ def finetune_one(args, result, seed):
                f"--model_dir={model_dir}", f"--seed={seed}", "--epochs=2", "--batch_size=32",
                "--seq_length=64", f"--learning_rate={args.finetune_lr}", "--verbose=2",
                f"--precision={args.precision}", f"--compile_mode={args.compile_mode}"]
+    if args.finetune_max_examples:
+        command.append(f"--max_train_examples={args.finetune_max_examples}")
     print(f"=== fine-tune {result['name']} seed {seed}", flush=True)
     subprocess.run(command, check=True)
     with open(os.path.join(model_dir, "results.json")) as f:
@@ -497,6 +499,7 @@ def finetune_one(args, result, seed):
            "pretraining_final_mlm_loss": _final_loss(result),
            "dev_accuracy_per_epoch": accuracy, "dev_accuracy": accuracy[-1],
            "learning_rate": args.finetune_lr, "epochs": 2, "batch_size": 32, "seq_length": 64,
+           "max_train_examples": args.finetune_max_examples,
            "train_seconds": summary["train_seconds"], "command": command[1:],
            "date": datetime.datetime.now().isoformat(timespec="seconds")}
     path = finetune_path(args, result["name"], seed)
@@ -859,6 +862,8 @@ def parse_args(argv=None):
     parser.add_argument("--finetune", action=argparse.BooleanOptionalAction, default=True,
                         help="train: then fine-tune every main run on sentiment")
     parser.add_argument("--finetune_lr", type=float, default=5e-4)
+    parser.add_argument("--finetune_max_examples", type=int, default=None,
+                        help="fine-tune on the first N training sentences (default: all)")
     parser.add_argument("--rounds", type=int, default=5, help="steptime: timed rounds")
     parser.add_argument("--steps_per_round", type=int, default=3)
     return parser.parse_args(argv)
