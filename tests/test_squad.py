@@ -137,17 +137,23 @@ def test_best_span_hand_computed():
     assert squad_data.best_span(starts, ends, [False] * 5, every, 3) is None
 
 
-def test_decode_gold_logits_gives_exact_answers(tokenizer, examples):
-    features = squad_data.convert_examples(examples, tokenizer, 32, doc_stride=8,
-                                           max_query_length=12, training=True)
-    start_logits = np.zeros((len(features), 32))
-    end_logits = np.zeros((len(features), 32))
+def _decode_gold_logits(examples, tokenizer, seq_length, doc_stride, max_query_length):
+    """(features, predictions) of logits that put 10 on each window's gold start and end."""
+    features = squad_data.convert_examples(examples, tokenizer, seq_length,
+                                           doc_stride=doc_stride,
+                                           max_query_length=max_query_length, training=True)
+    start_logits = np.zeros((len(features), seq_length))
+    end_logits = np.zeros((len(features), seq_length))
     for i, feature in enumerate(features):
         if feature.start_position:
             start_logits[i, feature.start_position] = 10.0
             end_logits[i, feature.end_position] = 10.0
-    predictions = squad_data.decode(examples, features, start_logits, end_logits,
-                                    max_answer_length=30)
+    return features, squad_data.decode(examples, features, start_logits, end_logits,
+                                       max_answer_length=30)
+
+
+def test_decode_gold_logits_gives_exact_answers(tokenizer, examples):
+    _, predictions = _decode_gold_logits(examples, tokenizer, 32, 8, 12)
     assert predictions == {e.qas_id: e.answers[0][0] for e in examples}
     assert squad_data.evaluate(examples, predictions) == {"exact_match": 100.0, "f1": 100.0}
 
@@ -198,14 +204,6 @@ def test_decoded_span_is_the_answer_on_hard_text():
                                         [(answer, context.rindex(answer))])
                 for i, (context, answers) in enumerate(HARD_CONTEXTS)
                 for j, answer in enumerate(answers)]
-    features = squad_data.convert_examples(examples, tokenizer, 24, doc_stride=6,
-                                           max_query_length=8, training=True)
-    start_logits = np.zeros((len(features), 24))
-    end_logits = np.zeros((len(features), 24))
-    for i, feature in enumerate(features):
-        if feature.start_position:
-            start_logits[i, feature.start_position] = 10.0
-            end_logits[i, feature.end_position] = 10.0
-    predictions = squad_data.decode(examples, features, start_logits, end_logits)
+    features, predictions = _decode_gold_logits(examples, tokenizer, 24, 6, 8)
     assert predictions == {e.qas_id: e.answers[0][0] for e in examples}
     assert max(sum(f.example_index == k for f in features) for k in range(len(examples))) > 1

