@@ -660,6 +660,7 @@ def plot(results, record, figures, main_names):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     os.makedirs(figures, exist_ok=True)
     styles = {"bert": ("tab:blue", "BERT (post-norm, dropout 0.1)"),
@@ -689,6 +690,7 @@ def plot(results, record, figures, main_names):
         ax.axhline(record["unigram_validation_mlm_loss"], color="grey", linestyle=":",
                    label=f"unigram (no context): {record['unigram_validation_mlm_loss']:.2f}")
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # Labels overlapped.
         ax.set_xlabel(label)
         ax.set_ylabel("validation MLM loss")
         ax.grid(True, which="both", alpha=0.3)
